@@ -1,0 +1,195 @@
+"""Frozen result objects of a calibration fit.
+
+Every estimate carries its standard error and interval. An estimate that cannot
+be made is ``None`` with a ``reason``; never NaN, never a silent 0. A
+:class:`CalibrationFit` carries the model specification, the model version and
+the hash of its input, so every number can be reproduced from its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "MODEL_VERSION",
+    "CalibrationFit",
+    "Component",
+    "GraderEffect",
+    "GraderFlag",
+    "KRScore",
+    "OwnerAchievement",
+    "UnexpectedGrade",
+    "VarianceComponents",
+]
+
+#: Bumped whenever a model's numbers could change for the same input.
+MODEL_VERSION = "1.0.0"
+
+GraderFlag = Literal[
+    "lenient", "severe", "compressing", "expanding", "ok", "insufficient_data"
+]
+
+
+class GraderEffect(msgspec.Struct, frozen=True, kw_only=True):
+    """One grader's estimated leniency (and scale, for the affine model).
+
+    ``leniency`` is in the input scale's units: how far this grader's grades sit
+    above (+) or below (−) the evidence, or the average grader where no evidence
+    links them. ``scale`` is 1 for a grader who spreads grades like the evidence,
+    below 1 for one who compresses toward the middle.
+    """
+
+    grader_id: str
+    n_grades: int
+    n_linking: int
+    component: int
+    leniency: float | None
+    std_error: float | None
+    ci_low: float | None
+    ci_high: float | None
+    z: float | None
+    p_value: float | None
+    q_value: float | None
+    flag: GraderFlag
+    scale: float | None = None
+    scale_std_error: float | None = None
+    scale_q_value: float | None = None
+    infit: float | None = None
+    outfit: float | None = None
+    reason: str | None = None
+
+
+class KRScore(msgspec.Struct, frozen=True, kw_only=True):
+    """One KR: raw and evidence grade, and the calibrated grade with its interval (input scale)."""
+
+    kr_id: str
+    owner_id: str | None
+    n_grades: int
+    raw_grade: float
+    evidence_grade: float | None
+    calibrated_grade: float | None
+    std_error: float | None
+    ci_low: float | None
+    ci_high: float | None
+    reason: str | None = None
+
+
+class OwnerAchievement(msgspec.Struct, frozen=True, kw_only=True):
+    """An owner's achievement: the (weighted) mean of their calibrated KR grades."""
+
+    owner_id: str
+    n_krs: int
+    achievement: float | None
+    std_error: float | None
+    ci_low: float | None
+    ci_high: float | None
+    reason: str | None = None
+
+
+class VarianceComponents(msgspec.Struct, frozen=True, kw_only=True):
+    """Variance components on the input scale, and the share of grade variance due to graders."""
+
+    method: str
+    kr: float | None
+    grader: float | None
+    residual: float | None
+    evidence: float | None
+    grader_share: float | None
+    scale_sd: float | None = None
+    reason: str | None = None
+
+
+class Component(msgspec.Struct, frozen=True, kw_only=True):
+    """A connected part of the grader–KR–evidence graph."""
+
+    id: int
+    n_graders: int
+    n_krs: int
+    n_evidence: int
+    is_reference: bool
+
+
+class UnexpectedGrade(msgspec.Struct, frozen=True, kw_only=True):
+    """A grade far from what the model expects (|standardised residual| >= 3)."""
+
+    kr_id: str
+    grader_id: str
+    grade: float
+    expected: float
+    std_residual: float
+
+
+class CalibrationFit(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a fit found, with the spec, version and input hash that produced it."""
+
+    model: str
+    model_spec: dict[str, object]
+    model_version: str
+    input_hash: str
+    scale: str
+    scale_low: float
+    scale_high: float
+    confidence: float
+    n_grades: int
+    n_krs: int
+    n_graders: int
+    graders: tuple[GraderEffect, ...]
+    krs: tuple[KRScore, ...]
+    owners: tuple[OwnerAchievement, ...]
+    variance: VarianceComponents
+    components: tuple[Component, ...]
+    unexpected: tuple[UnexpectedGrade, ...]
+    converged: bool
+    iterations: int
+    warnings: tuple[str, ...] = ()
+
+    def flagged(self) -> tuple[GraderEffect, ...]:
+        """Graders flagged lenient, severe, compressing or expanding."""
+        return tuple(g for g in self.graders if g.flag not in ("ok", "insufficient_data"))
+
+    def summary(self) -> str:
+        """A short readable summary: flagged graders, variance shares, components."""
+        lines = [
+            f"okrcal {self.model} model v{self.model_version}: {self.n_grades} grades, "
+            f"{self.n_krs} KRs, {self.n_graders} graders on the {self.scale} scale",
+            f"input {self.input_hash}",
+        ]
+        v = self.variance
+        if v.grader_share is not None:
+            lines.append(
+                f"variance ({v.method}): KR {_fmt(v.kr)}, grader {_fmt(v.grader)}, "
+                f"residual {_fmt(v.residual)}, evidence {_fmt(v.evidence)}; "
+                f"graders explain {100 * v.grader_share:.1f}% of grade variance"
+            )
+        elif v.reason:
+            lines.append(f"variance: {v.reason}")
+        flagged = self.flagged()
+        counts: dict[str, int] = {}
+        for g in self.graders:
+            counts[g.flag] = counts.get(g.flag, 0) + 1
+        lines.append(
+            "graders: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+        )
+        for g in sorted(flagged, key=lambda g: -abs(g.leniency or 0.0))[:20]:
+            extra = f", scale {g.scale:.2f}" if g.scale is not None else ""
+            lines.append(
+                f"  {g.flag:<11} {g.grader_id}: leniency {_fmt(g.leniency)} "
+                f"± {_fmt(g.std_error)} (q={_fmt(g.q_value)}){extra}"
+            )
+        if len(flagged) > 20:
+            lines.append(f"  ... and {len(flagged) - 20} more")
+        unlinked = [c for c in self.components if not c.is_reference]
+        if unlinked:
+            lines.append(
+                f"{len(unlinked)} part(s) of the grading graph are not linked to the reference: "
+                f"{sum(c.n_graders for c in unlinked)} grader(s) without comparable leniency"
+            )
+        lines.append(f"{len(self.unexpected)} unexpected grade(s) (|standardised residual| >= 3)")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"

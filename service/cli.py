@@ -1,0 +1,38 @@
+"""The ``okrcal`` command line: one entry point, one module per subcommand.
+
+Exit codes: 0 success, 2 bad input or usage (message names file, row and column), 1 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# subcommand -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "calibrate": ("service.cmd_calibrate", "calibrate a grades CSV offline and write the results"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="okrcal", description="OKR grade calibration")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(_COMMANDS[args.command][0])
+    code: int = module.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,16 @@ import numpy.typing as npt
 
 from anchors.errors import ScaleError
 
-__all__ = ["GOOGLE_LEVELS", "NAMED_SCALES", "Scale", "convert", "parse_scale"]
+__all__ = [
+    "GOOGLE_LEVELS",
+    "NAMED_SCALES",
+    "Scale",
+    "convert",
+    "crosses_level",
+    "level_boundaries",
+    "level_index",
+    "parse_scale",
+]
 
 #: The anchor level points on Google's 0–1 scale, lowest first.
 GOOGLE_LEVELS: tuple[float, ...] = (0.0, 0.3, 0.7, 1.0)
@@ -44,7 +53,9 @@ class Scale(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ScaleError(f"scale {self.name!r}: bounds must be finite")
         if not self.low < self.high:
-            raise ScaleError(f"scale {self.name!r}: low ({self.low}) must be below high ({self.high})")
+            raise ScaleError(
+                f"scale {self.name!r}: low ({self.low}) must be below high ({self.high})"
+            )
         if len(self.levels) != len(GOOGLE_LEVELS):
             raise ScaleError(f"scale {self.name!r}: needs {len(GOOGLE_LEVELS)} level points")
         if self.levels[0] != self.low or self.levels[-1] != self.high:
@@ -122,9 +133,52 @@ def parse_scale(text: str) -> Scale:
         raise ScaleError(f"scale {text!r}: LOW must be below HIGH")
     scale = _linear(text.strip(), low, high)
     # Round level points so decimal ranges print cleanly and round-trip exactly.
-    return Scale(name=scale.name, low=low, high=high, levels=tuple(round(v, 12) for v in scale.levels))
+    return Scale(
+        name=scale.name, low=low, high=high, levels=tuple(round(v, 12) for v in scale.levels)
+    )
 
 
 def convert(value: float, source: Scale, target: Scale) -> float:
     """Convert one grade from ``source`` to ``target`` through the anchor levels."""
     return target.from_google(source.to_google(value))
+
+
+def level_boundaries(scale: Scale) -> tuple[float, ...]:
+    """The anchor level points on ``scale``, lowest first (Google's 0.0/0.3/0.7/1.0 there).
+
+    >>> level_boundaries(parse_scale("five_point"))
+    (1.0, 2.0, 4.0, 5.0)
+    """
+    return scale.levels
+
+
+def level_index(value: float, scale: Scale = NAMED_SCALES["google"]) -> int:
+    """Index of the level a grade on ``scale`` falls in: the highest level point at or below it.
+
+    A grade below the lowest point still counts as level 0, so the index runs
+    from 0 to 3 whatever the value.
+
+    >>> level_index(0.69), level_index(0.7), level_index(3.0, parse_scale("five_point"))
+    (1, 2, 1)
+    """
+    if not math.isfinite(value):
+        raise ScaleError(f"scale {scale.name!r}: cannot place a non-finite grade ({value!r})")
+    index = 0
+    for i, point in enumerate(scale.levels):
+        if point <= value:
+            index = i
+    return index
+
+
+def crosses_level(a: float, b: float, scale: Scale = NAMED_SCALES["google"]) -> bool:
+    """True when grades ``a`` and ``b`` on ``scale`` fall in different anchor levels.
+
+    Moving from ``a`` to ``b`` crosses a level exactly when some level point ``p``
+    has ``min(a, b) < p <= max(a, b)``; reaching a level point counts, leaving
+    one upwards does not. Read with an interval's ends, it says whether the
+    interval straddles a level boundary.
+
+    >>> crosses_level(0.6, 0.7), crosses_level(0.7, 0.9), crosses_level(0.25, 0.35)
+    (True, False, True)
+    """
+    return level_index(a, scale) != level_index(b, scale)

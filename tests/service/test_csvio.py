@@ -13,6 +13,7 @@ from service.csvio import (
     GRADES_SPEC,
     KRS_SPEC,
     CsvInputError,
+    CsvSpec,
     build_grade_table,
     grades_from_columns,
     key_results_from_columns,
@@ -32,13 +33,17 @@ def _write(tmp_path: Path, text: str | bytes, name: str = "grades.csv") -> Path:
     return path
 
 
-def _error(path: Path, spec=GRADES_SPEC) -> CsvInputError:
+def _load(path: Path, spec: CsvSpec) -> None:
+    cols, _ = read_csv_file(path, spec, source=path.name)
+    if spec is GRADES_SPEC:
+        build_grade_table(grades_from_columns(cols), GOOGLE)
+    else:
+        key_results_from_columns(cols)
+
+
+def _error(path: Path, spec: CsvSpec = GRADES_SPEC) -> CsvInputError:
     with pytest.raises(CsvInputError) as info:
-        cols, _ = read_csv_file(path, spec, source=path.name)
-        if spec is GRADES_SPEC:
-            build_grade_table(grades_from_columns(cols), GOOGLE)
-        else:
-            key_results_from_columns(cols)
+        _load(path, spec)
     return info.value
 
 
@@ -62,7 +67,8 @@ def test_reads_columns_with_bom_crlf_quotes_and_blank_lines(tmp_path: Path) -> N
     assert cols.columns["grader_id"] == ["g1", "g\r\n2"]
     assert cols.columns["grade"] == ["0.7", "0.3"]
     assert cols.columns["owner_id"] == ['o "x"', "o2"]
-    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    assert digest.startswith("sha256:")
+    assert len(digest) == 7 + 64
 
 
 def test_reads_from_a_text_stream_for_uploads() -> None:

@@ -1,0 +1,874 @@
+"""Fitting: turn a model spec and a grade table into a :class:`CalibrationFit`.
+
+Leniency is measured against the evidence where a grader's KRs carry evidence
+(the anchors define what a grade should be), and against the average grader
+where they are linked to other graders only. A grader in a part of the grading
+graph that touches neither is reported as not comparable: no number is made up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
+import scipy.sparse.csgraph
+import scipy.stats
+
+from calibrate.models import (
+    AdditiveModel,
+    AffineModel,
+    FixedModel,
+    MeanModel,
+    Model,
+    ZScoreModel,
+)
+from calibrate.reml import CrossedData, CrossedFit, fit_crossed, fit_fixed, prepare_crossed
+from calibrate.results import (
+    MODEL_VERSION,
+    CalibrationFit,
+    Component,
+    GraderEffect,
+    GraderFlag,
+    KRScore,
+    OwnerAchievement,
+    UnexpectedGrade,
+    VarianceComponents,
+)
+from calibrate.table import GradeTable
+
+__all__ = ["benjamini_hochberg", "fit_model"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+UNEXPECTED_Z = 3.0
+_NOT_LINKED = (
+    "not comparable: this grader's KRs have no evidence and share no KR with graders "
+    "who are linked to the reference"
+)
+
+
+def benjamini_hochberg(p: FloatArray) -> FloatArray:
+    """Benjamini–Hochberg q-values (step-up, monotone), same order as ``p``.
+
+    >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03])).round(3).tolist()
+    [0.03, 0.04, 0.04]
+    """
+    n = p.shape[0]
+    if n == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
+    q = np.empty(n)
+    q[order] = np.minimum(q_sorted, 1.0)
+    return q
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """Connectivity of graders, KRs and the evidence, and each grader's linking grades."""
+
+    grader_comp: IntArray
+    kr_comp: IntArray
+    components: tuple[Component, ...]
+    grader_linked: BoolArray  # in the reference component
+    kr_linked: BoolArray
+    n_linking: IntArray  # per grader
+
+
+def _graph(t: GradeTable) -> _Graph:
+    n_gr, n_kr = t.n_graders, t.n_krs
+    ev = t.has_evidence
+    ev_node = n_gr + n_kr
+    rows = np.concatenate([t.grader_index, n_gr + np.flatnonzero(ev)])
+    cols = np.concatenate([n_gr + t.kr_index, np.full(int(ev.sum()), ev_node)])
+    adj = scipy.sparse.coo_matrix(
+        (np.ones(rows.shape[0]), (rows, cols)), shape=(ev_node + 1, ev_node + 1)
+    )
+    _, lab = scipy.sparse.csgraph.connected_components(adj, directed=False)
+    g_comp_raw, k_comp_raw = lab[:n_gr], lab[n_gr:ev_node]
+    # renumber components by first appearance over graders (deterministic)
+    uniq, first = np.unique(g_comp_raw, return_index=True)
+    order = uniq[np.argsort(first)]
+    remap = {int(c): i for i, c in enumerate(order)}
+    g_comp = np.array([remap[int(c)] for c in g_comp_raw], dtype=np.int64)
+    k_comp = np.array([remap[int(c)] for c in k_comp_raw], dtype=np.int64)
+    n_comp = len(order)
+    n_g = np.bincount(g_comp, minlength=n_comp)
+    n_k = np.bincount(k_comp, minlength=n_comp)
+    n_e = np.bincount(k_comp[ev], minlength=n_comp)
+    if ev.any():
+        ref = int(k_comp[np.flatnonzero(ev)[0]])
+    else:
+        grades_per_comp = np.bincount(g_comp[t.grader_index], minlength=n_comp)
+        ref = int(np.lexsort((-grades_per_comp, -n_g))[0])
+        if n_g[ref] < 2:
+            ref = -1  # nothing to compare with: no evidence and no shared KRs
+    comps = tuple(
+        Component(
+            id=c,
+            n_graders=int(n_g[c]),
+            n_krs=int(n_k[c]),
+            n_evidence=int(n_e[c]),
+            is_reference=c == ref,
+        )
+        for c in range(n_comp)
+    )
+    graders_per_kr = np.bincount(t.kr_index, minlength=n_kr)
+    linking_grade = (graders_per_kr[t.kr_index] >= 2) | ev[t.kr_index]
+    n_linking = np.bincount(t.grader_index, weights=linking_grade, minlength=n_gr).astype(np.int64)
+    return _Graph(
+        grader_comp=g_comp,
+        kr_comp=k_comp,
+        components=comps,
+        grader_linked=g_comp == ref,
+        kr_linked=k_comp == ref,
+        n_linking=n_linking,
+    )
+
+
+def _z_crit(confidence: float) -> float:
+    return float(scipy.stats.norm.ppf(0.5 + confidence / 2.0))
+
+
+def _opt(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _raw_means(t: GradeTable) -> tuple[FloatArray, IntArray]:
+    n = np.bincount(t.kr_index, minlength=t.n_krs)
+    return np.bincount(t.kr_index, weights=t.grade, minlength=t.n_krs) / n, n.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Estimates:
+    """What a model produces before it is dressed as results (input-scale units)."""
+
+    leniency: FloatArray  # NaN where not estimable
+    leniency_se: FloatArray
+    z: FloatArray  # test statistic for leniency != 0
+    kr_value: FloatArray
+    kr_se: FloatArray
+    owner_value: dict[str, tuple[float, float]]  # owner -> (estimate, se)
+    variance: VarianceComponents
+    scale: FloatArray | None = None
+    scale_se: FloatArray | None = None
+    scale_z: FloatArray | None = None
+    resid: FloatArray | None = None  # per grade
+    resid_var: FloatArray | None = None  # per grade, variance of the residual
+    converged: bool = True
+    iterations: int = 0
+    kr_reason: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
+    """Fit ``model`` to ``t``. See the model classes for what each one assumes."""
+    graph = _graph(t)
+    match model:
+        case MeanModel():
+            est = _fit_mean(t, graph, standardise=False)
+        case ZScoreModel():
+            est = _fit_mean(t, graph, standardise=True)
+        case FixedModel():
+            est = _fit_mixed(t, graph, fixed=True)
+        case AdditiveModel():
+            est = _fit_mixed(t, graph, fixed=False)
+        case AffineModel():
+            est = _fit_affine(t, graph, model)
+    return _assemble(model, t, graph, est)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def _fit_mean(t: GradeTable, graph: _Graph, *, standardise: bool) -> _Estimates:
+    y = t.grade
+    gi = t.grader_index
+    m = np.bincount(gi, minlength=t.n_graders).astype(np.float64)
+    g_mean = np.bincount(gi, weights=y, minlength=t.n_graders) / m
+    g_var = np.bincount(gi, weights=(y - g_mean[gi]) ** 2, minlength=t.n_graders) / np.maximum(
+        m - 1, 1
+    )
+    g_sd = np.sqrt(g_var)
+    grand_mean = float(y.mean())
+    grand_sd = float(y.std(ddof=1)) if y.shape[0] > 1 else math.nan
+    scale = scale_se = None
+    warnings: list[str] = []
+    if standardise:
+        ok = (m >= 2) & (g_sd > 0) & math.isfinite(grand_sd)
+        z = np.where(ok[gi], (y - g_mean[gi]) / np.where(ok, g_sd, 1.0)[gi], 0.0)
+        adj = np.where(ok[gi], grand_mean + grand_sd * z, y)
+        if not ok.all():
+            warnings.append(
+                f"{int((~ok).sum())} grader(s) with fewer than 2 grades or no spread were not "
+                "standardised (their grades are used as given)"
+            )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = np.where(ok, g_sd / grand_sd, np.nan)
+            scale_se = np.where(ok, scale / np.sqrt(2 * np.maximum(m - 1, 1)), np.nan)
+    else:
+        adj = y
+    n = np.bincount(t.kr_index, minlength=t.n_krs).astype(np.float64)
+    kr_value = np.bincount(t.kr_index, weights=adj, minlength=t.n_krs) / n
+    resid = adj - kr_value[t.kr_index]
+    multi = n >= 2
+    df = float((n[multi] - 1).sum())
+    if df > 0:
+        s2 = float((resid[multi[t.kr_index]] ** 2).sum()) / df
+        kr_se = np.sqrt(s2 / n)
+        reason = None
+    else:
+        s2 = math.nan
+        kr_se = np.full(t.n_krs, np.nan)
+        reason = "no KR has two grades, so the spread of grades cannot be estimated"
+    len_ = g_mean - grand_mean
+    se = g_sd / np.sqrt(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zstat = np.where((m >= 2) & (se > 0), len_ / se, np.nan)
+    return _Estimates(
+        leniency=np.where(m >= 2, len_, np.nan),
+        leniency_se=np.where(m >= 2, se, np.nan),
+        z=zstat,
+        kr_value=kr_value,
+        kr_se=kr_se,
+        owner_value=_owner_simple(t, kr_value, kr_se),
+        variance=VarianceComponents(
+            method="none (raw grades)" if not standardise else "none (per-grader z-scores)",
+            kr=None,
+            grader=None,
+            residual=_opt(s2),
+            evidence=None,
+            grader_share=None,
+            reason="the baseline models do not separate variance components",
+        ),
+        scale=scale,
+        scale_se=scale_se,
+        scale_z=None,
+        kr_reason=reason,
+        warnings=tuple(warnings),
+    )
+
+
+def _owner_simple(
+    t: GradeTable, value: FloatArray, se: FloatArray
+) -> dict[str, tuple[float, float]]:
+    """Owner means treating KR errors as independent (baselines only)."""
+    out: dict[str, tuple[float, float]] = {}
+    groups: dict[str, list[int]] = {}
+    for i, o in enumerate(t.kr_owner):
+        if o is not None:
+            groups.setdefault(o, []).append(i)
+    for o, idx in groups.items():
+        ix = np.array(idx)
+        w = t.kr_weight[ix]
+        if w.sum() <= 0:
+            out[o] = (math.nan, math.nan)
+            continue
+        wn = w / w.sum()
+        v = _clip(value[ix], t)
+        out[o] = (float(wn @ v), float(np.sqrt(wn**2 @ se[ix] ** 2)))
+    return out
+
+
+def _clip(v: FloatArray, t: GradeTable) -> FloatArray:
+    return np.clip(v, t.scale.low, t.scale.high)
+
+
+# --------------------------------------------------------------------------- mixed models
+
+
+def _design(t: GradeTable, coef: FloatArray | None = None) -> tuple[CrossedData, bool]:
+    """Intercept, and with evidence a grade indicator: its coefficient is the mean leniency."""
+    ev = t.has_evidence
+    with_ev = bool(ev.any())
+    n = t.n_grades
+    if with_ev:
+        X = np.ones((n, 2))
+        Xe = np.tile(np.array([1.0, 0.0]), (t.n_krs, 1))
+    else:
+        X = np.ones((n, 1))
+        Xe = np.ones((t.n_krs, 1))
+    d = prepare_crossed(
+        t.grade,
+        t.kr_index,
+        t.grader_index,
+        t.n_krs,
+        t.n_graders,
+        X,
+        ev,
+        np.where(ev, t.evidence, 0.0),
+        Xe,
+        coef,
+    )
+    return d, with_ev
+
+
+def _fixed_design(t: GradeTable) -> CrossedData:
+    ev = t.has_evidence
+    return prepare_crossed(
+        t.grade,
+        t.kr_index,
+        t.grader_index,
+        t.n_krs,
+        t.n_graders,
+        np.zeros((t.n_grades, 0)),
+        ev,
+        np.where(ev, t.evidence, 0.0),
+        np.zeros((t.n_krs, 0)),
+    )
+
+
+def _deregressed_z(
+    len_hat: FloatArray, b_hat: FloatArray, b_pev: FloatArray, var_b: float, gamma_var: float
+) -> FloatArray:
+    """Test statistic for leniency != 0 from a shrunk estimate.
+
+    A BLUP is the grader's own estimate times a reliability ``lam = 1 - PEV/var_b``;
+    dividing by ``lam`` undoes the shrinkage, and ``PEV/lam`` is the sampling variance
+    of the unshrunk estimate, so the statistic is calibrated under leniency = 0.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lam = 1.0 - b_pev / var_b if var_b > 0 else np.zeros_like(b_pev)
+        informative = lam > 1e-4
+        unshrunk = np.where(informative, (len_hat - b_hat) + b_hat / lam, len_hat - b_hat)
+        var = np.where(informative, b_pev / lam, 0.0) + gamma_var
+        z = np.where(var > 0, unshrunk / np.sqrt(var), 0.0)
+    out: FloatArray = z
+    return out
+
+
+def _fit_mixed(t: GradeTable, graph: _Graph, *, fixed: bool) -> _Estimates:
+    if not _identifiable(t):
+        return _unidentified(t)
+    if fixed:
+        d = _fixed_design(t)
+        fit = fit_fixed(d)
+        with_ev = bool(t.has_evidence.any())
+    else:
+        d, with_ev = _design(t)
+        fit = fit_crossed(d)
+    return _mixed_estimates(t, graph, fit, with_ev=with_ev, fixed=fixed)
+
+
+def _identifiable(t: GradeTable) -> bool:
+    obs = np.bincount(t.kr_index, minlength=t.n_krs) + t.has_evidence
+    return bool((obs >= 2).any())
+
+
+def _unidentified(t: GradeTable) -> _Estimates:
+    raw, _ = _raw_means(t)
+    nan_g = np.full(t.n_graders, np.nan)
+    nan_k = np.full(t.n_krs, np.nan)
+    reason = (
+        "nothing links grades: no KR has evidence or a second grade, so grader "
+        "leniency cannot be told apart from KR achievement"
+    )
+    return _Estimates(
+        leniency=nan_g,
+        leniency_se=nan_g,
+        z=nan_g,
+        kr_value=nan_k,
+        kr_se=nan_k,
+        owner_value={},
+        variance=VarianceComponents(
+            method="REML", kr=None, grader=None, residual=None, evidence=None,
+            grader_share=None, reason=reason,
+        ),
+        kr_reason=reason,
+        warnings=(reason,),
+    )
+
+
+def _mixed_estimates(
+    t: GradeTable, graph: _Graph, fit: CrossedFit, *, with_ev: bool, fixed: bool
+) -> _Estimates:
+    d = fit.data
+    p = d.p
+    # Leniency of grader j: gamma + b_j (against the evidence), or b_j alone.
+    if fixed or not with_ev:
+        gamma, gamma_var = 0.0, 0.0
+        len_hat = fit.b.copy()
+        len_var = fit.b_pev.copy()
+    else:
+        gamma = float(fit.beta[1])
+        gamma_var = float(fit.beta_cov[1, 1])
+        len_hat = gamma + fit.b
+        len_var = gamma_var + fit.b_pev + 2.0 * fit.b_beta_cov[:, 1]
+    len_var = np.maximum(len_var, 0.0)
+    if fixed:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(len_var > 0, len_hat / np.sqrt(len_var), 0.0)
+    else:
+        z = _deregressed_z(len_hat, fit.b, fit.b_pev, fit.var_grader, gamma_var)
+    linked = graph.grader_linked
+    leniency = np.where(linked, len_hat, np.nan)
+    leniency_se = np.where(linked, np.sqrt(len_var), np.nan)
+    z = np.where(linked, z, np.nan)
+
+    # Calibrated KR grade: intercept + KR effect (what a grader with no leniency would give).
+    n_kr = t.n_krs
+    rows = np.arange(n_kr)
+    u_beta = np.zeros((n_kr, p))
+    if p:
+        u_beta[:, 0] = 1.0
+    mu = float(fit.beta[0]) if p else 0.0
+    kr_value = mu + fit.a
+    kr_var = fit.contrast_var(rows, u_beta, rows)
+    kr_se = np.sqrt(np.maximum(kr_var, 0.0))
+
+    owners = _owner_mixed(t, fit, kr_value, mu)
+
+    # Residuals and their variances for infit/outfit and unexpected grades.
+    coef = d.coef
+    fitted = d.X @ fit.beta + coef * fit.a[d.kr] + fit.b[d.gr]
+    resid = d.y - fitted
+    n = d.n_obs
+    rv = fit.var_resid - _grade_fit_var(fit)
+    resid_var = np.maximum(rv, 1e-12 * fit.var_resid)
+    del n
+
+    if fixed:
+        variance = VarianceComponents(
+            method="least squares (fixed effects)", kr=None, grader=None,
+            residual=_opt(fit.var_resid), evidence=None, grader_share=None,
+            reason="fixed effects do not estimate KR and grader variances",
+        )
+    else:
+        total = fit.var_kr + fit.var_grader + fit.var_resid
+        variance = VarianceComponents(
+            method="REML",
+            kr=fit.var_kr,
+            grader=fit.var_grader,
+            residual=fit.var_resid,
+            evidence=fit.var_evidence,
+            grader_share=fit.var_grader / total if total > 0 else None,
+        )
+    warnings = []
+    if not fit.converged:
+        warnings.append("the REML optimiser did not report convergence; estimates may be rough")
+    return _Estimates(
+        leniency=leniency,
+        leniency_se=leniency_se,
+        z=z,
+        kr_value=kr_value,
+        kr_se=kr_se,
+        owner_value=owners,
+        variance=variance,
+        resid=resid,
+        resid_var=resid_var,
+        converged=fit.converged,
+        iterations=fit.iterations,
+        warnings=tuple(warnings),
+    )
+
+
+def _grade_fit_var(fit: CrossedFit) -> FloatArray:
+    """Per grade: prediction-error variance of its fitted value x'beta + s a_i + b_j."""
+    d = fit.data
+    rows = np.arange(d.n_obs)
+    # contrast x_k' beta + coef_k a_i + b_j: the KR part is scaled by coef_k
+    v_kr = _scaled_kr_contrast(fit, rows, d.X, d.kr, d.coef, d.gr)
+    return v_kr
+
+
+def _scaled_kr_contrast(
+    fit: CrossedFit,
+    rows: IntArray,
+    u_beta: FloatArray,
+    kr: IntArray,
+    kr_coef: FloatArray,
+    grader: IntArray,
+) -> FloatArray:
+    # Var(u'beta + s a_i + b_j) = s^2 Var(u/s ' beta + a_i + b_j / s); s > 0 for every grade
+    s = kr_coef
+    inner = fit.contrast_var(rows, u_beta / s[:, None], kr, grader, 1.0 / s)
+    out: FloatArray = inner * s * s
+    return out
+
+
+def _owner_mixed(
+    t: GradeTable, fit: CrossedFit, kr_value: FloatArray, mu: float
+) -> dict[str, tuple[float, float]]:
+    """Owner achievement with the KRs' shared grader and intercept errors accounted for."""
+    owner_names = sorted({o for o in t.kr_owner if o is not None})
+    if not owner_names:
+        return {}
+    pos = {o: i for i, o in enumerate(owner_names)}
+    kr_rows = np.array([i for i, o in enumerate(t.kr_owner) if o is not None], dtype=np.int64)
+    row = np.array([pos[t.kr_owner[i]] for i in kr_rows], dtype=np.int64)  # type: ignore[index]
+    w = t.kr_weight[kr_rows]
+    wsum = np.bincount(row, weights=w, minlength=len(owner_names))
+    var = _multi_kr_var(fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0),
+                        len(owner_names))
+    vals = _clip(kr_value[kr_rows], t)
+    est = np.bincount(row, weights=w * vals, minlength=len(owner_names))
+    out = {}
+    for o, r in pos.items():
+        if wsum[r] <= 0:
+            out[o] = (math.nan, math.nan)
+        else:
+            out[o] = (float(est[r] / wsum[r]), float(math.sqrt(max(var[r], 0.0))))
+    del mu
+    return out
+
+
+def _multi_kr_var(
+    fit: CrossedFit, row: IntArray, kr: IntArray, w: FloatArray, n_rows: int
+) -> FloatArray:
+    """Variance of sum_k w_k (mu + a_{kr_k}) per row: several KRs per contrast."""
+    from calibrate.reml import contrast_var_multi
+
+    return contrast_var_multi(fit, row, kr, w, n_rows)
+
+
+# --------------------------------------------------------------------------- affine
+
+
+def _fit_affine(t: GradeTable, graph: _Graph, model: AffineModel) -> _Estimates:
+    if not _identifiable(t):
+        return _unidentified(t)
+    d, with_ev = _design(t)
+    fit = fit_crossed(d)
+    n_gr = t.n_graders
+    scale = np.ones(n_gr)
+    scale_se = np.full(n_gr, np.nan)
+    scale_z = np.full(n_gr, np.nan)
+    converged = False
+    iterations = fit.iterations
+    start = None
+    for _ in range(model.max_iterations):
+        new_scale, new_se, raw_z = _update_scales(t, fit, scale)
+        delta = float(np.max(np.abs(new_scale - scale))) if n_gr else 0.0
+        scale, scale_se, scale_z = new_scale, new_se, raw_z
+        d, _ = _design(t, coef=scale[t.grader_index])
+        fit = fit_crossed(d, start=start)
+        iterations += fit.iterations
+        if delta < 1e-4:
+            converged = True
+            break
+    est = _mixed_estimates(t, graph, fit, with_ev=with_ev, fixed=False)
+    linked = graph.grader_linked
+    warnings = list(est.warnings)
+    if not converged:
+        warnings.append(
+            f"grader scales did not settle within {model.max_iterations} iterations"
+        )
+    return _Estimates(
+        leniency=est.leniency,
+        leniency_se=est.leniency_se,
+        z=est.z,
+        kr_value=est.kr_value,
+        kr_se=est.kr_se,
+        owner_value=est.owner_value,
+        variance=VarianceComponents(
+            method=est.variance.method,
+            kr=est.variance.kr,
+            grader=est.variance.grader,
+            residual=est.variance.residual,
+            evidence=est.variance.evidence,
+            grader_share=est.variance.grader_share,
+            scale_sd=_scale_sd(scale, scale_se),
+        ),
+        scale=np.where(linked, scale, np.nan),
+        scale_se=np.where(linked, scale_se, np.nan),
+        scale_z=np.where(linked, scale_z, np.nan),
+        resid=est.resid,
+        resid_var=est.resid_var,
+        converged=converged and est.converged,
+        iterations=iterations,
+        warnings=tuple(warnings),
+    )
+
+
+def _scale_sd(scale: FloatArray, se: FloatArray) -> float | None:
+    ok = np.isfinite(se)
+    if not ok.any():
+        return None
+    return float(math.sqrt(max(float(np.var(scale[ok])), 0.0)))
+
+
+def _update_scales(
+    t: GradeTable, fit: CrossedFit, scale: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """One empirical-Bayes update of every grader's scale.
+
+    For each grade, the KR's achievement is predicted from everything *except* that
+    grader (the evidence and the other graders' grades, corrected for their leniency
+    and scale). Regressing the grader's grades on these predictions (posterior means,
+    so the slope is not attenuated) gives the raw scale; the raw scales are then
+    shrunk toward 1 with a between-grader variance estimated by moments.
+    """
+    d = fit.data
+    n_gr = t.n_graders
+    s2e = fit.var_resid
+    s2a = max(fit.var_kr, 1e-12)
+    mu = float(fit.beta[0])
+    gamma = float(fit.beta[1]) if d.p > 1 else 0.0
+    # each grade as a measurement of a_i: (y - mu - gamma - b_j) / s_j, precision s_j^2 / s2e
+    s_k = scale[d.gr]
+    meas = (d.y - mu - gamma - fit.b[d.gr]) / s_k
+    prec = s_k * s_k / s2e
+    kr_prec = np.bincount(d.kr, weights=prec, minlength=d.n_kr)
+    kr_sum = np.bincount(d.kr, weights=prec * meas, minlength=d.n_kr)
+    if d.n_ev and fit.var_evidence:
+        ev_prec = d.ev_mask / fit.var_evidence
+        kr_prec = kr_prec + ev_prec
+        kr_sum = kr_sum + ev_prec * (d.ev_value - mu) * d.ev_mask
+    # leave this grade's grader out (all of that grader's grades of the KR)
+    own_prec = np.bincount(d.pair_idx, weights=prec, minlength=d.pair_kr.shape[0])[d.pair_idx]
+    own_sum = np.bincount(d.pair_idx, weights=prec * meas, minlength=d.pair_kr.shape[0])[
+        d.pair_idx
+    ]
+    other_prec = kr_prec[d.kr] - own_prec
+    other_sum = kr_sum[d.kr] - own_sum
+    post_prec = other_prec + 1.0 / s2a
+    a_tilde = other_sum / post_prec  # posterior mean of a_i without this grader
+    usable = other_prec > 1e-9 * (1.0 / s2a)
+    # per-grader regression of (y - mu - gamma) on a_tilde, with intercept (the leniency)
+    yk = d.y - mu - gamma
+    w = usable.astype(np.float64)
+    sw = np.bincount(d.gr, weights=w, minlength=n_gr)
+    sx = np.bincount(d.gr, weights=w * a_tilde, minlength=n_gr)
+    sy = np.bincount(d.gr, weights=w * yk, minlength=n_gr)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = sx / sw
+        my = sy / sw
+        sxx = np.bincount(d.gr, weights=w * (a_tilde - mx[d.gr]) ** 2, minlength=n_gr)
+        sxy = np.bincount(
+            d.gr, weights=w * (a_tilde - mx[d.gr]) * (yk - my[d.gr]), minlength=n_gr
+        )
+        slope = sxy / sxx
+        # residual variance of that regression: grader noise plus the slope times what
+        # is still unknown about a_i
+        resid_var = s2e + scale**2 * np.bincount(
+            d.gr, weights=w / post_prec, minlength=n_gr
+        ) / np.maximum(sw, 1)
+        slope_var = resid_var / sxx
+    ok = (sw >= 3) & (sxx > 0) & np.isfinite(slope) & np.isfinite(slope_var)
+    raw = np.where(ok, slope, 1.0)
+    var = np.where(ok, slope_var, np.inf)
+    # between-grader variance of the scales, by moments, then shrink toward 1
+    if ok.sum() >= 3:
+        dev = raw[ok] - 1.0
+        tau2 = max(float(np.mean(dev**2) - np.mean(var[ok])), 0.0)
+    else:
+        tau2 = 0.0
+    lam = np.where(ok, tau2 / (tau2 + var), 0.0)
+    shrunk = 1.0 + lam * (raw - 1.0)
+    # keep scales positive: a grader whose grades go against the evidence stays at a floor
+    shrunk = np.maximum(shrunk, 0.05)
+    post_se = np.where(ok, np.sqrt(lam * var), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(ok, (raw - 1.0) / np.sqrt(var), np.nan)
+    return shrunk, post_se, z
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> CalibrationFit:
+    zc = _z_crit(model.confidence)
+    span = t.scale.span
+    min_eff = model.min_effect * span
+    n_gr = t.n_graders
+    m = np.bincount(t.grader_index, minlength=n_gr)
+
+    # p-values and BH q-values over the graders that can be tested
+    testable = np.isfinite(est.z) & (graph.n_linking >= model.min_linked)
+    if isinstance(model, MeanModel | ZScoreModel):
+        testable = np.isfinite(est.z) & (m >= model.min_linked)
+    pvals = np.where(testable, 2.0 * scipy.stats.norm.sf(np.abs(np.nan_to_num(est.z))), np.nan)
+    q = np.full(n_gr, np.nan)
+    q[testable] = benjamini_hochberg(pvals[testable])
+    sq = np.full(n_gr, np.nan)
+    s_testable = np.zeros(n_gr, dtype=bool)
+    if est.scale_z is not None:
+        s_testable = testable & np.isfinite(est.scale_z)
+        sp = 2.0 * scipy.stats.norm.sf(np.abs(est.scale_z[s_testable]))
+        sq[s_testable] = benjamini_hochberg(sp)
+    min_scale = model.min_scale_effect if isinstance(model, AffineModel) else math.inf
+
+    # infit / outfit per grader
+    infit = outfit = None
+    if est.resid is not None and est.resid_var is not None:
+        r2 = est.resid**2
+        infit = np.bincount(t.grader_index, weights=r2, minlength=n_gr) / np.bincount(
+            t.grader_index, weights=est.resid_var, minlength=n_gr
+        )
+        outfit = np.bincount(t.grader_index, weights=r2 / est.resid_var, minlength=n_gr) / m
+
+    graders = []
+    for j, gid in enumerate(t.grader_ids):
+        lin = float(est.leniency[j])
+        se = float(est.leniency_se[j])
+        reason = None
+        flag: GraderFlag = "ok"
+        if not math.isfinite(lin):
+            flag = "insufficient_data"
+            if not graph.grader_linked[j] and not isinstance(model, MeanModel | ZScoreModel):
+                reason = _NOT_LINKED
+            elif est.kr_reason and not isinstance(model, MeanModel | ZScoreModel):
+                reason = est.kr_reason
+            else:
+                reason = "fewer than 2 grades"
+        elif not testable[j]:
+            flag = "insufficient_data"
+            reason = (
+                f"{int(graph.n_linking[j])} linking grade(s), fewer than the "
+                f"{model.min_linked} needed to flag"
+            )
+        else:
+            flag = _flag(lin, float(q[j]), model.fdr, min_eff, est, j, float(sq[j]), min_scale)
+        scale_v = None if est.scale is None else _opt(float(est.scale[j]))
+        graders.append(
+            GraderEffect(
+                grader_id=gid,
+                n_grades=int(m[j]),
+                n_linking=int(graph.n_linking[j]),
+                component=int(graph.grader_comp[j]),
+                leniency=_opt(lin),
+                std_error=_opt(se) if math.isfinite(lin) else None,
+                ci_low=_opt(lin - zc * se) if math.isfinite(lin) else None,
+                ci_high=_opt(lin + zc * se) if math.isfinite(lin) else None,
+                z=_opt(float(est.z[j])),
+                p_value=_opt(float(pvals[j])),
+                q_value=_opt(float(q[j])),
+                flag=flag,
+                scale=scale_v,
+                scale_std_error=None if est.scale_se is None else _opt(float(est.scale_se[j])),
+                scale_q_value=_opt(float(sq[j])) if s_testable[j] else None,
+                infit=None if infit is None else _opt(float(infit[j])),
+                outfit=None if outfit is None else _opt(float(outfit[j])),
+                reason=reason,
+            )
+        )
+
+    raw, n_grades = _raw_means(t)
+    krs = []
+    for i, kid in enumerate(t.kr_ids):
+        ev = float(t.evidence[i])
+        val = float(est.kr_value[i])
+        se = float(est.kr_se[i])
+        ok = math.isfinite(val)
+        cal = min(max(val, t.scale.low), t.scale.high) if ok else None
+        se_ok = ok and math.isfinite(se)
+        krs.append(
+            KRScore(
+                kr_id=kid,
+                owner_id=t.kr_owner[i],
+                n_grades=int(n_grades[i]),
+                raw_grade=float(raw[i]),
+                evidence_grade=ev if math.isfinite(ev) else None,
+                calibrated_grade=cal,
+                std_error=se if se_ok else None,
+                ci_low=max(val - zc * se, t.scale.low) if se_ok else None,
+                ci_high=min(val + zc * se, t.scale.high) if se_ok else None,
+                reason=None if ok and se_ok else (est.kr_reason or "not estimable"),
+            )
+        )
+
+    owners = []
+    owner_counts: dict[str, int] = {}
+    for o in t.kr_owner:
+        if o is not None:
+            owner_counts[o] = owner_counts.get(o, 0) + 1
+    for o in sorted(owner_counts):
+        val, se = est.owner_value.get(o, (math.nan, math.nan))
+        ok = math.isfinite(val)
+        se_ok = ok and math.isfinite(se)
+        owners.append(
+            OwnerAchievement(
+                owner_id=o,
+                n_krs=owner_counts[o],
+                achievement=val if ok else None,
+                std_error=se if se_ok else None,
+                ci_low=max(val - zc * se, t.scale.low) if se_ok else None,
+                ci_high=min(val + zc * se, t.scale.high) if se_ok else None,
+                reason=None if se_ok else (
+                    est.kr_reason or "every KR of this owner has weight 0"
+                ),
+            )
+        )
+
+    unexpected: list[UnexpectedGrade] = []
+    if est.resid is not None and est.resid_var is not None:
+        zr = est.resid / np.sqrt(est.resid_var)
+        for k in np.flatnonzero(np.abs(zr) >= UNEXPECTED_Z):
+            unexpected.append(
+                UnexpectedGrade(
+                    kr_id=t.kr_ids[int(t.kr_index[k])],
+                    grader_id=t.grader_ids[int(t.grader_index[k])],
+                    grade=float(t.grade[k]),
+                    expected=float(t.grade[k] - est.resid[k]),
+                    std_residual=float(zr[k]),
+                )
+            )
+        unexpected.sort(key=lambda u: -abs(u.std_residual))
+
+    warnings = list(est.warnings)
+    n_unlinked = int((~graph.grader_linked).sum())
+    if n_unlinked and not isinstance(model, MeanModel | ZScoreModel):
+        warnings.append(
+            f"{n_unlinked} grader(s) are not linked to the reference by evidence or shared KRs"
+        )
+    return CalibrationFit(
+        model=_model_name(model),
+        model_spec=model.to_dict(),
+        model_version=MODEL_VERSION,
+        input_hash=t.input_hash,
+        scale=t.scale.name,
+        scale_low=t.scale.low,
+        scale_high=t.scale.high,
+        confidence=model.confidence,
+        n_grades=t.n_grades,
+        n_krs=t.n_krs,
+        n_graders=t.n_graders,
+        graders=tuple(graders),
+        krs=tuple(krs),
+        owners=tuple(owners),
+        variance=est.variance,
+        components=graph.components,
+        unexpected=tuple(unexpected),
+        converged=est.converged,
+        iterations=est.iterations,
+        warnings=tuple(warnings),
+    )
+
+
+def _model_name(model: Model) -> str:
+    name = model.to_dict().get("name")
+    return str(name)
+
+
+def _flag(
+    lin: float,
+    q: float,
+    fdr: float,
+    min_eff: float,
+    est: _Estimates,
+    j: int,
+    sq: float,
+    min_scale: float,
+) -> GraderFlag:
+    len_flag: GraderFlag | None = None
+    if q < fdr and abs(lin) >= min_eff:
+        len_flag = "lenient" if lin > 0 else "severe"
+    scale_flag: GraderFlag | None = None
+    if est.scale is not None and math.isfinite(sq) and sq < fdr:
+        s = float(est.scale[j])
+        if 1.0 - s >= min_scale:
+            scale_flag = "compressing"
+        elif s - 1.0 >= min_scale:
+            scale_flag = "expanding"
+    if len_flag and scale_flag:
+        # report the stronger of the two signals; both are in the row
+        zl = abs(float(est.z[j]))
+        zs = abs(float(est.scale_z[j])) if est.scale_z is not None else 0.0
+        return len_flag if zl >= zs else scale_flag
+    return len_flag or scale_flag or "ok"

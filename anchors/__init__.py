@@ -22,6 +22,7 @@ from anchors.catalogue import (
 from anchors.errors import AnchorError, CatalogueError, EvidenceError, ScaleError
 from anchors.evidence import EvidenceGrade, EvidenceProblem, grade_evidence, grade_many
 from anchors.kr import KR_TYPES, Direction, KeyResult, KRType, infer_kr_type
+from anchors.outcome import OutcomeCheck, check_outcome
 from anchors.scales import (
     GOOGLE_LEVELS,
     NAMED_SCALES,
@@ -51,12 +52,14 @@ __all__ = [
     "MaintainRule",
     "MetricRule",
     "MilestoneRule",
+    "OutcomeCheck",
     "Rule",
     "Scale",
     "ScaleError",
     "TypeAnchors",
     "catalogue_to_builtins",
     "catalogue_to_toml",
+    "check_outcome",
     "convert",
     "crosses_level",
     "default_catalogue",

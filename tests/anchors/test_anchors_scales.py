@@ -182,7 +182,7 @@ def test_anchors_imports_no_io_libraries():
 
 @pytest.mark.parametrize(
     "module",
-    ["anchors.scales", "anchors.kr", "anchors.catalogue", "anchors.evidence"],
+    ["anchors.scales", "anchors.kr", "anchors.catalogue", "anchors.evidence", "anchors.outcome"],
 )
 def test_docstring_examples_run(module: str):
     result = doctest.testmod(importlib.import_module(module))

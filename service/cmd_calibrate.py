@@ -1,0 +1,564 @@
+"""``okrcal calibrate``: calibrate a grades CSV offline and write the results to a directory.
+
+::
+
+    okrcal calibrate GRADES.csv [--krs KRS.csv] [--scale google|percent|five_point|LOW:HIGH]
+                     [--model additive|affine|fixed|zscore|mean] [--confidence 0.9]
+                     [--fdr 0.05] [--min-effect 0.05] [--min-linked 5] --out DIR
+
+Writes ``DIR/scores.csv`` (one row per KR), ``DIR/graders.csv`` (one row per grader),
+``DIR/owners.csv`` (one row per owner) and ``DIR/fit.json`` (model, versions, input
+hashes, variance components, graph components, diagnostics, warnings, outcome-check
+flags), and prints a short summary. Numbers are written as the shortest decimal that
+reads back to the same float; an estimate that could not be made is an empty cell.
+
+Exit codes: 0 done; 2 bad input or usage, with a message on stderr that names the file,
+the row (data rows counted from 1, not counting the header) and the column; 1 any other
+failure (for example a full disk).
+
+**The output directory** is never left half-written. Everything is validated and fitted
+before anything is written; the four files are then written into a new directory beside
+DIR, which replaces DIR with a rename. DIR may be missing, empty, or hold a previous
+run's four files (they are replaced as a set). A DIR that holds anything else is refused
+with exit code 2, so that a mistyped ``--out`` never deletes unrelated files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import secrets
+import shutil
+import stat
+import sys
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Final, TextIO
+
+import msgspec
+
+from anchors import ScaleError, grade_many, parse_scale
+from anchors.evidence import EvidenceProblem
+from anchors.outcome import check_outcome
+from anchors.scales import Scale
+from calibrate import (
+    MODEL_NAMES,
+    CalibrationFit,
+    Component,
+    GraderEffect,
+    KRScore,
+    Model,
+    ModelError,
+    OwnerAchievement,
+    UnexpectedGrade,
+    VarianceComponents,
+    model_from_name,
+)
+from service.csvio import (
+    GRADES_SPEC,
+    KRS_SPEC,
+    CsvInputError,
+    KeyResultRows,
+    build_grade_table,
+    grades_from_columns,
+    key_results_from_columns,
+    read_csv_file,
+)
+
+__all__ = [
+    "OUTPUT_FILES",
+    "CalibrateReport",
+    "add_arguments",
+    "run",
+]
+
+#: The files one run writes into DIR, replaced together.
+OUTPUT_FILES: Final = ("scores.csv", "graders.csv", "owners.csv", "fit.json")
+
+SCORES_COLUMNS: Final = (
+    "kr_id", "n_grades", "raw_grade", "evidence_grade", "calibrated_grade", "ci_low", "ci_high",
+    "owner_id", "std_error", "reason",
+)  # fmt: skip
+GRADERS_COLUMNS: Final = (
+    "grader_id", "n_grades", "leniency", "std_error", "ci_low", "ci_high", "scale", "q_value",
+    "flag", "n_linking", "component", "z", "p_value", "scale_std_error", "scale_q_value",
+    "infit", "outfit", "reason",
+)  # fmt: skip
+OWNERS_COLUMNS: Final = (
+    "owner_id", "n_krs", "achievement", "ci_low", "ci_high", "std_error", "reason",
+)  # fmt: skip
+
+# Infit/outfit mean-squares outside this band are the usual Rasch rule of thumb for a
+# grader whose grades are noisier (> 1.5) or more predictable (< 0.5) than the model.
+MISFIT_BAND: Final = (0.5, 1.5)
+
+# How many per-KR messages go to the terminal; the rest are in fit.json.
+_SHOWN: Final = 20
+
+_OPTION_OF: Final = {
+    "confidence": "--confidence",
+    "fdr": "--fdr",
+    "min_effect": "--min-effect",
+    "min_linked": "--min-linked",
+}
+
+
+class UsageError(Exception):
+    """A bad command-line option or output directory (exit code 2)."""
+
+
+class InputFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One input file: its name as given, the sha256 of its bytes and its data rows."""
+
+    role: str
+    name: str
+    sha256: str
+    rows: int
+
+
+class EvidenceNote(msgspec.Struct, frozen=True, kw_only=True):
+    """A KR whose evidence could not be graded (it then has no evidence grade)."""
+
+    kr_id: str
+    row: int | None
+    field: str
+    message: str
+
+
+class OutcomeFlag(msgspec.Struct, frozen=True, kw_only=True):
+    """A KR whose description reads as an activity (an output) rather than an outcome."""
+
+    kr_id: str
+    description: str
+    triggers: tuple[str, ...]
+    reasons: tuple[str, ...]
+    suggestion: str | None
+
+
+class GraderMisfit(msgspec.Struct, frozen=True, kw_only=True):
+    """A grader whose infit or outfit mean-square lies outside :data:`MISFIT_BAND`."""
+
+    grader_id: str
+    infit: float | None
+    outfit: float | None
+
+
+class Diagnostics(msgspec.Struct, frozen=True, kw_only=True):
+    """Fit diagnostics: convergence, unexpected grades, grader misfit and flag counts."""
+
+    converged: bool
+    iterations: int
+    flag_counts: dict[str, int]
+    unexpected: tuple[UnexpectedGrade, ...]
+    misfit_band: tuple[float, float]
+    misfit: tuple[GraderMisfit, ...]
+
+
+class CalibrateReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The content of ``fit.json``: how the numbers were made and what to watch out for."""
+
+    okrcal_version: str | None
+    model: str
+    model_spec: dict[str, object]
+    model_version: str
+    input_hash: str
+    scale: Scale
+    confidence: float
+    inputs: tuple[InputFile, ...]
+    n_grades: int
+    n_krs: int
+    n_graders: int
+    n_owners: int
+    n_evidence: int
+    variance: VarianceComponents
+    components: tuple[Component, ...]
+    diagnostics: Diagnostics
+    warnings: tuple[str, ...]
+    evidence_problems: tuple[EvidenceNote, ...]
+    outcome_flags: tuple[OutcomeFlag, ...]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``okrcal calibrate``."""
+    parser.add_argument("grades", metavar="GRADES.csv", type=Path, help=_GRADES_HELP)
+    parser.add_argument("--krs", metavar="KRS.csv", type=Path, help=_KRS_HELP)
+    parser.add_argument(
+        "--scale",
+        default="google",
+        help="grading scale of GRADES.csv: google (0-1), percent (0-100), five_point (1-5) "
+        "or a range LOW:HIGH such as 1:25 (default google)",
+    )
+    parser.add_argument(
+        "--model",
+        default="additive",
+        help=f"one of {', '.join(MODEL_NAMES)} (default additive)",
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=0.9, help="interval coverage (default 0.9)"
+    )
+    parser.add_argument(
+        "--fdr", type=float, default=0.05, help="false-discovery rate for flags (default 0.05)"
+    )
+    parser.add_argument(
+        "--min-effect",
+        type=float,
+        default=0.05,
+        help="smallest leniency worth flagging, on the 0-1 scale (default 0.05)",
+    )
+    parser.add_argument(
+        "--min-linked",
+        type=int,
+        default=5,
+        help="fewer linking grades than this and a grader is insufficient_data (default 5)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="directory for scores.csv, graders.csv, owners.csv and fit.json; it must be "
+        "new, empty, or hold only a previous run's files",
+    )
+
+
+_GRADES_HELP: Final = (
+    "CSV with a header: kr_id, grader_id, grade; optional owner_id, cycle. "
+    "Unknown columns are an error."
+)
+_KRS_HELP: Final = (
+    "CSV with a header: kr_id; optional owner_id, kr_type, baseline, target, actual, "
+    "milestones_done, milestones_total, done, threshold, tolerance, direction, description, "
+    "weight, org_unit. Gives each KR its evidence grade."
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``okrcal calibrate``; returns the exit code (0, 1 or 2)."""
+    try:
+        return calibrate_to_dir(
+            grades=args.grades,
+            krs=args.krs,
+            scale=args.scale,
+            model=args.model,
+            settings={
+                "confidence": args.confidence,
+                "fdr": args.fdr,
+                "min_effect": args.min_effect,
+                "min_linked": args.min_linked,
+            },
+            out=args.out,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    except (UsageError, CsvInputError) as exc:
+        print(f"okrcal calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"okrcal calibrate: cannot write the results: {exc}", file=sys.stderr)
+        return 1
+
+
+def calibrate_to_dir(
+    *,
+    grades: Path,
+    krs: Path | None,
+    scale: str,
+    model: str,
+    settings: dict[str, float | int],
+    out: Path,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> int:
+    """Read, validate, fit, and write the four files into ``out`` as a set; returns 0.
+
+    Raises :class:`UsageError` or :class:`~service.csvio.CsvInputError` for bad input
+    (before anything is written) and :class:`OSError` when the results cannot be written.
+    """
+    the_scale = _parse_scale(scale)
+    spec = _parse_model(model, settings)
+    _check_out_dir(out)
+
+    grade_cols, grades_sha = read_csv_file(grades, GRADES_SPEC, source=str(grades))
+    grade_data = grades_from_columns(grade_cols)
+    inputs = [InputFile(role="grades", name=grades.name, sha256=grades_sha, rows=grade_cols.n_rows)]
+
+    warnings: list[str] = []
+    notes: list[EvidenceNote] = []
+    outcome_flags: list[OutcomeFlag] = []
+    kr_rows: KeyResultRows | None = None
+    evidence: dict[str, float] = {}
+    if krs is not None:
+        kr_cols, krs_sha = read_csv_file(krs, KRS_SPEC, source=str(krs))
+        inputs.append(InputFile(role="krs", name=krs.name, sha256=krs_sha, rows=kr_cols.n_rows))
+        kr_rows = key_results_from_columns(kr_cols)
+        graded = set(grade_data.kr_ids)
+        ungraded = [k for k in kr_rows.row_of if k not in graded]
+        if ungraded:
+            warnings.append(
+                f"{len(ungraded)} KR(s) in {krs.name} have no grades and were ignored "
+                f"(first: {', '.join(repr(k) for k in ungraded[:3])})"
+            )
+        found, problems = grade_many(k for k in kr_rows.key_results if k.kr_id in graded)
+        evidence = {k: g.grade for k, g in found.items()}
+        notes = _evidence_notes(kr_rows, [*kr_rows.problems, *problems], graded)
+        outcome_flags = _outcome_flags(kr_rows, graded)
+
+    table = build_grade_table(grade_data, the_scale, evidence=evidence, krs=kr_rows)
+    fit = spec.fit(table)
+    report = _report(fit, inputs, warnings, notes, outcome_flags, n_evidence=len(evidence))
+    _write_outputs(out, fit, report)
+
+    for note in notes[:_SHOWN]:
+        where = f"row {note.row}, " if note.row is not None else ""
+        print(
+            f"okrcal calibrate: warning: {krs}, {where}KR {note.kr_id!r}, field {note.field!r}: "
+            f"{note.message}; this KR has no evidence grade",
+            file=stderr,
+        )
+    if len(notes) > _SHOWN:
+        print(
+            f"okrcal calibrate: warning: ... and {len(notes) - _SHOWN} more KR(s) with "
+            "evidence that could not be graded (all listed in fit.json)",
+            file=stderr,
+        )
+    for text in warnings:
+        print(f"okrcal calibrate: warning: {text}", file=stderr)
+    print(_summary(fit, report, out), file=stdout)
+    return 0
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _parse_scale(text: str) -> Scale:
+    try:
+        return parse_scale(text)
+    except ScaleError as exc:
+        raise UsageError(f"--scale: {exc}") from None
+
+
+def _parse_model(name: str, settings: dict[str, float | int]) -> Model:
+    if name not in MODEL_NAMES:
+        raise UsageError(f"--model: unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    try:
+        return model_from_name(name, **settings)
+    except ModelError as exc:
+        text = str(exc)
+        option = next((o for f, o in _OPTION_OF.items() if text.startswith(f)), "--model")
+        raise UsageError(f"{option}: {text}") from None
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UsageError(
+                f"--out {out}: the directory holds files okrcal did not write ({shown}); "
+                "give a new or empty directory, or one with only a previous run's "
+                + ", ".join(OUTPUT_FILES)
+            )
+
+
+# --------------------------------------------------------------------------- anchors
+
+
+def _evidence_notes(
+    rows: KeyResultRows, problems: Iterable[EvidenceProblem], graded: set[str]
+) -> list[EvidenceNote]:
+    notes = [
+        EvidenceNote(kr_id=p.kr_id, row=rows.row_of.get(p.kr_id), field=p.field, message=p.message)
+        for p in problems
+        if p.kr_id in graded
+    ]
+    notes.sort(key=lambda n: (n.row if n.row is not None else 0, n.kr_id))
+    return notes
+
+
+def _outcome_flags(rows: KeyResultRows, graded: set[str]) -> list[OutcomeFlag]:
+    flags: list[OutcomeFlag] = []
+    for kr_id, text in rows.descriptions.items():
+        if kr_id not in graded:
+            continue
+        check = check_outcome(text)
+        if check.is_output:
+            flags.append(
+                OutcomeFlag(
+                    kr_id=kr_id,
+                    description=text,
+                    triggers=tuple(check.triggers),
+                    reasons=tuple(check.reasons),
+                    suggestion=check.suggestion,
+                )
+            )
+    return flags
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _okrcal_version() -> str | None:
+    try:
+        return metadata.version("okrcal")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _report(
+    fit: CalibrationFit,
+    inputs: Sequence[InputFile],
+    warnings: Sequence[str],
+    notes: Sequence[EvidenceNote],
+    outcome_flags: Sequence[OutcomeFlag],
+    *,
+    n_evidence: int,
+) -> CalibrateReport:
+    counts: dict[str, int] = {}
+    for g in fit.graders:
+        counts[g.flag] = counts.get(g.flag, 0) + 1
+    low, high = MISFIT_BAND
+    misfit = tuple(
+        GraderMisfit(grader_id=g.grader_id, infit=g.infit, outfit=g.outfit)
+        for g in fit.graders
+        if any(v is not None and not low <= v <= high for v in (g.infit, g.outfit))
+    )
+    return CalibrateReport(
+        okrcal_version=_okrcal_version(),
+        model=fit.model,
+        model_spec=fit.model_spec,
+        model_version=fit.model_version,
+        input_hash=fit.input_hash,
+        scale=parse_scale(fit.scale),
+        confidence=fit.confidence,
+        inputs=tuple(inputs),
+        n_grades=fit.n_grades,
+        n_krs=fit.n_krs,
+        n_graders=fit.n_graders,
+        n_owners=len(fit.owners),
+        n_evidence=n_evidence,
+        variance=fit.variance,
+        components=fit.components,
+        diagnostics=Diagnostics(
+            converged=fit.converged,
+            iterations=fit.iterations,
+            flag_counts=dict(sorted(counts.items())),
+            unexpected=fit.unexpected,
+            misfit_band=MISFIT_BAND,
+            misfit=misfit,
+        ),
+        warnings=(*fit.warnings, *warnings),
+        evidence_problems=tuple(notes),
+        outcome_flags=tuple(outcome_flags),
+    )
+
+
+def _summary(fit: CalibrationFit, report: CalibrateReport, out: Path) -> str:
+    lines = [fit.summary()]
+    if report.n_evidence or report.evidence_problems:
+        lines.append(
+            f"evidence grades for {report.n_evidence} KR(s); "
+            f"{len(report.evidence_problems)} KR(s) with evidence that could not be graded"
+        )
+    flags = report.outcome_flags
+    if flags:
+        lines.append(f"{len(flags)} KR(s) read as outputs (activities) rather than outcomes:")
+        for f in flags[:5]:
+            lines.append(f"  {f.kr_id}: {', '.join(f.triggers)} — {_clip(f.description, 60)}")
+        if len(flags) > 5:
+            lines.append(f"  ... and {len(flags) - 5} more (listed in fit.json)")
+    lines.append(f"wrote {', '.join(str(out / name) for name in OUTPUT_FILES)}")
+    return "\n".join(lines)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _num(x: float | None) -> str:
+    # float.__repr__ is the shortest text that reads back to the same float, and it
+    # also prints numpy float64 (a float subclass) as a plain number.
+    return "" if x is None else float.__repr__(float(x))
+
+
+def _text(x: str | None) -> str:
+    return "" if x is None else x
+
+
+def _score_row(s: KRScore) -> tuple[str, ...]:
+    return (
+        s.kr_id, str(s.n_grades), _num(s.raw_grade), _num(s.evidence_grade),
+        _num(s.calibrated_grade), _num(s.ci_low), _num(s.ci_high), _text(s.owner_id),
+        _num(s.std_error), _text(s.reason),
+    )  # fmt: skip
+
+
+def _grader_row(g: GraderEffect) -> tuple[str, ...]:
+    return (
+        g.grader_id, str(g.n_grades), _num(g.leniency), _num(g.std_error), _num(g.ci_low),
+        _num(g.ci_high), _num(g.scale), _num(g.q_value), g.flag, str(g.n_linking),
+        str(g.component), _num(g.z), _num(g.p_value), _num(g.scale_std_error),
+        _num(g.scale_q_value), _num(g.infit), _num(g.outfit), _text(g.reason),
+    )  # fmt: skip
+
+
+def _owner_row(o: OwnerAchievement) -> tuple[str, ...]:
+    return (
+        o.owner_id, str(o.n_krs), _num(o.achievement), _num(o.ci_low), _num(o.ci_high),
+        _num(o.std_error), _text(o.reason),
+    )  # fmt: skip
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> None:
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.okrcal-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        _write_csv(staging / "scores.csv", SCORES_COLUMNS, map(_score_row, fit.krs))
+        _write_csv(staging / "graders.csv", GRADERS_COLUMNS, map(_grader_row, fit.graders))
+        _write_csv(staging / "owners.csv", OWNERS_COLUMNS, map(_owner_row, fit.owners))
+        encoded = msgspec.json.format(msgspec.json.encode(report), indent=2)
+        (staging / "fit.json").write_bytes(encoded + b"\n")
+        _install(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Put the staged directory in place of ``out`` so that DIR only ever holds a whole set."""
+    _check_out_dir(out)  # again: DIR may have changed while the fit ran
+    if not out.exists():
+        staging.rename(out)
+        return
+    staging.chmod(stat.S_IMODE(out.stat().st_mode))
+    if not any(out.iterdir()):
+        # rename() replaces an empty directory on POSIX in one step.
+        staging.replace(out)
+        return
+    # A previous run's set: move it aside, move the new set in, then delete the old one.
+    # A crash in between leaves DIR missing (the old set beside it), never a mixed set.
+    old = out.parent / f".{out.name}.okrcal-old-{os.getpid()}-{secrets.token_hex(4)}"
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

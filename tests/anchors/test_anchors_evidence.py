@@ -6,6 +6,8 @@ import math
 
 import msgspec
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from anchors import (
     Catalogue,
@@ -353,3 +355,36 @@ def test_grades_always_inside_zero_one_and_serialisable():
         g = grade(**fields)
         assert 0.0 <= g.grade <= 1.0
         assert msgspec.json.decode(msgspec.json.encode(g), type=EvidenceGrade) == g
+
+
+# --- properties -----------------------------------------------------------------------------
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@given(finite, finite, finite)
+def test_metric_grade_is_clipped_attainment_and_mirror_symmetric(b: float, t: float, a: float):
+    assume(abs(t - b) > 1e-6)
+    g = grade(baseline=b, target=t, actual=a)
+    attainment = (a - b) / (t - b)
+    assert 0.0 <= g.grade <= 1.0
+    assert g.grade == pytest.approx(min(max(attainment, 0.0), 1.0))
+    assert (g.overshoot is not None) == (attainment > 1)
+    # Reflecting every number turns an increasing KR into a decreasing one with the same grade.
+    mirrored = grade(baseline=-b, target=-t, actual=-a)
+    assert mirrored.grade == pytest.approx(g.grade)
+
+
+@given(finite, finite, finite, st.sampled_from(["at_least", "at_most"]))
+def test_maintain_grade_is_monotone_in_actual(
+    threshold: float, a1: float, a2: float, direction: str
+):
+    lo, hi = min(a1, a2), max(a1, a2)
+    g_lo = grade(threshold=threshold, actual=lo, direction=direction).grade
+    g_hi = grade(threshold=threshold, actual=hi, direction=direction).grade
+    assert 0.0 <= g_lo <= 1.0
+    assert 0.0 <= g_hi <= 1.0
+    if direction == "at_least":
+        assert g_lo <= g_hi
+    else:
+        assert g_lo >= g_hi

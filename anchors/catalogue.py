@@ -50,8 +50,8 @@ __all__ = [
 #: Name of the default catalogue inside the package.
 DEFAULT_CATALOGUE_FILE: Final = "default_catalogue.toml"
 
-# Levels are compared with a little slack so a computed 0.7 (0.7000000000000001)
-# lands on the 0.7 level and not below it.
+# Levels are compared with a little slack so a computed 0.7 that came out as
+# 0.6999999999999999 lands on the 0.7 level and not below it.
 _LEVEL_SLACK: Final = 1e-9
 
 _TOP_LEVEL_KEYS: Final = ("version", "description", "types")
@@ -169,6 +169,8 @@ class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     Construction validates the whole catalogue and raises :class:`CatalogueError`
     naming the first bad entry, so a ``Catalogue`` in hand is always usable.
+    ``types`` is a plain dict for msgspec's sake; treat it as read-only (the
+    default catalogue is shared), and build a new catalogue to change one.
     """
 
     version: str

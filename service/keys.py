@@ -1,0 +1,127 @@
+"""Every Redis key name okrcal uses, built here and nowhere else.
+
+Layout (``{org}`` is a Redis Cluster hash tag: one organisation's keys share a slot,
+so the Lua scripts that touch several of them stay legal on a cluster)::
+
+    okrcal:{acme}:clock                        last change timestamp (µs), keeps them unique
+    okrcal:{acme}:grades:2026Q3                hash "kr_id\\x1fgrader_id" -> grade (msgpack)
+    okrcal:{acme}:grades:2026Q3:upd            zset pair -> change timestamp (µs)
+    okrcal:{acme}:grades:2026Q3:ver            hash pair -> version number
+    okrcal:{acme}:grades:2026Q3:hist           hash "pair\\x1fversion" -> "µs:old grade"
+    okrcal:{acme}:krs:2026Q3 (+ :upd :ver :hist)   the same for Key Results
+    okrcal:{acme}:cycle:2026Q3                 hash: scale of the cycle, lock state
+    okrcal:{acme}:idem:grades:2026Q3:<key>     a remembered Idempotency-Key
+    okrcal:{acme}:runs:2026Q3                  zset run id -> creation time
+    okrcal:{acme}:run:2026Q3:<run>             hash: run status, lease and summary
+    okrcal:{acme}:run:2026Q3:<run>:a1:fit      msgpack fit of attempt 1
+    okrcal:{acme}:run:2026Q3:<run>:a1:owners   hash owner -> result (+ :owners:ix zset)
+    okrcal:{acme}:published:2026Q3             "run_id:attempt" of the published run
+    okrcal:{acme}:catalogue                    hash version -> TOML text, "current" -> version
+    okrcal:{acme}:apikeys                      hash key id -> key record
+    okrcal:{auth}:key:<sha256>                 key record by hash of the secret
+    okrcal:{auth}:rl:<key id>:<second>         per-key request counter
+    okrcal:{queue}:runs                        stream of runs to execute (consumer group)
+
+Organisation and cycle ids are restricted to ``[A-Za-z0-9._-]`` (see :data:`ORG_PATTERN`),
+so they cannot contain a brace and break the hash tag.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "CYCLE_PATTERN",
+    "ORG_PATTERN",
+    "RUN_GROUP",
+    "RUN_STREAM",
+    "Collection",
+    "OrgKeys",
+    "api_key",
+    "rate_counter",
+]
+
+#: Organisation ids: what may appear inside the ``{org}`` hash tag.
+ORG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Cycle ids, e.g. ``2026Q3``.
+CYCLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+_PREFIX = "okrcal"
+#: The stream of queued calibration runs, and its consumer group.
+RUN_STREAM = f"{_PREFIX}:{{queue}}:runs"
+RUN_GROUP = "okrcal-workers"
+
+
+def api_key(key_hash: str) -> str:
+    """The record of an API key, found by the SHA-256 of its secret."""
+    return f"{_PREFIX}:{{auth}}:key:{key_hash}"
+
+
+def rate_counter(key_id: str, second: int) -> str:
+    """The request counter of one key in one second."""
+    return f"{_PREFIX}:{{auth}}:rl:{key_id}:{second}"
+
+
+class Collection:
+    """The four keys of one upserted collection (grades or KRs) of one cycle."""
+
+    __slots__ = ("data", "hist", "updated", "versions")
+
+    def __init__(self, base: str) -> None:
+        self.data = base
+        self.updated = f"{base}:upd"
+        self.versions = f"{base}:ver"
+        self.hist = f"{base}:hist"
+
+    def all(self) -> tuple[str, str, str, str]:
+        """The keys in the order the upsert script expects them."""
+        return (self.data, self.updated, self.versions, self.hist)
+
+
+class OrgKeys:
+    """Key names of one organisation."""
+
+    __slots__ = ("org", "prefix")
+
+    def __init__(self, org: str) -> None:
+        if not ORG_PATTERN.match(org):
+            raise ValueError(f"invalid organisation id {org!r}")
+        self.org = org
+        self.prefix = f"{_PREFIX}:{{{org}}}"
+
+    @property
+    def clock(self) -> str:
+        return f"{self.prefix}:clock"
+
+    @property
+    def catalogue(self) -> str:
+        return f"{self.prefix}:catalogue"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    def grades(self, cycle: str) -> Collection:
+        return Collection(f"{self.prefix}:grades:{cycle}")
+
+    def krs(self, cycle: str) -> Collection:
+        return Collection(f"{self.prefix}:krs:{cycle}")
+
+    def cycle(self, cycle: str) -> str:
+        return f"{self.prefix}:cycle:{cycle}"
+
+    def idempotency(self, kind: str, cycle: str, key: str) -> str:
+        return f"{self.prefix}:idem:{kind}:{cycle}:{key}"
+
+    def runs(self, cycle: str) -> str:
+        return f"{self.prefix}:runs:{cycle}"
+
+    def run(self, cycle: str, run_id: str) -> str:
+        return f"{self.prefix}:run:{cycle}:{run_id}"
+
+    def run_part(self, cycle: str, run_id: str, attempt: int, part: str) -> str:
+        """Result part (``fit``, ``owners``, ``krs``, ``graders``, ``<part>:ix``) of an attempt."""
+        return f"{self.prefix}:run:{cycle}:{run_id}:a{attempt}:{part}"
+
+    def published(self, cycle: str) -> str:
+        return f"{self.prefix}:published:{cycle}"

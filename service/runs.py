@@ -1,0 +1,286 @@
+"""Calibration runs: queued in a Redis Stream, executed by workers of one consumer group.
+
+Life of a run::
+
+    POST .../calibrations ──> run hash (status queued) + stream entry
+    a worker (XREADGROUP) ──> claim: status running, attempt n, lease until now + lease
+        heartbeat every lease/3: renew the lease, XCLAIM the entry to itself (resets idle)
+        fit in a thread (never on the event loop) ──> results of attempt n ──> done / failed
+        XACK
+    a worker dies ──> its entry idles past the lease ──> another worker's XAUTOCLAIM takes
+        it, the claim script retries it, or marks it failed once the attempts are used up
+
+Workers run inside the service process (``run_workers`` of them) or as separate
+``okrcal worker`` processes; they are the same :class:`RunWorker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+
+import anyio
+import msgspec
+import numpy as np
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from anchors import (
+    AnchorError,
+    Catalogue,
+    EvidenceError,
+    KeyResult,
+    Scale,
+    default_catalogue,
+    grade_evidence,
+    load_catalogue,
+    parse_scale,
+)
+from calibrate import CalibrateError, CalibrationFit, GradeTable, model_from_name
+from service.schemas import GradeValue, KRIn
+from service.settings import Settings
+from service.store import ResultPart, Store
+
+__all__ = [
+    "RunWorker",
+    "build_table",
+    "encode_results",
+    "fit_cycle",
+    "load_org_catalogue",
+    "new_run_id",
+    "to_key_result",
+]
+
+_log = logging.getLogger("okrcal.runs")
+_grade_decoder = msgspec.msgpack.Decoder(GradeValue)
+_kr_decoder = msgspec.msgpack.Decoder(KRIn)
+_encode = msgspec.msgpack.Encoder().encode
+_catalogues: dict[tuple[str, int], Catalogue] = {}
+
+
+def new_run_id() -> str:
+    """A run id that sorts by creation time: 13 hex digits of ms, then 8 random ones."""
+    return f"{time.time_ns() // 1_000_000:013x}{secrets.token_hex(4)}"
+
+
+def to_key_result(kr: KRIn) -> KeyResult:
+    """The anchors' view of a stored KR; raises ``msgspec.ValidationError`` or ``EvidenceError``."""
+    return msgspec.convert(msgspec.to_builtins(kr), KeyResult)
+
+
+async def load_org_catalogue(store: Store, org: str) -> Catalogue:
+    """The organisation's current anchor catalogue, or the default one. Parsed once per revision."""
+    found = await store.get_catalogue(org)
+    if found is None:
+        return default_catalogue()
+    revision, text = found
+    cached = _catalogues.get((org, revision))
+    if cached is None:
+        cached = _catalogues[(org, revision)] = load_catalogue(text)
+    return cached
+
+
+def build_table(
+    grades: Mapping[str, bytes],
+    krs: Mapping[str, bytes],
+    stored_scale: Scale,
+    scale: Scale,
+    catalogue: Catalogue,
+) -> tuple[GradeTable, list[str]]:
+    """The grade table of a cycle from its stored grades and KRs, and warnings.
+
+    Grades are stored on the cycle's scale; when the run asks for another scale they
+    are converted through the anchor levels. A KR whose evidence cannot be graded
+    is calibrated without evidence and named in the warnings.
+    """
+    kr_ids: list[str] = []
+    grader_ids: list[str] = []
+    values = np.empty(len(grades), dtype=np.float64)
+    owners: dict[str, str] = {}
+    for i, (pair, raw) in enumerate(grades.items()):
+        kr_id, _, grader_id = pair.partition("\x1f")
+        value = _grade_decoder.decode(raw)
+        kr_ids.append(kr_id)
+        grader_ids.append(grader_id)
+        values[i] = value.grade
+        if value.owner_id is not None:
+            owners.setdefault(kr_id, value.owner_id)
+    if scale != stored_scale:
+        values = np.asarray(scale.from_google(stored_scale.to_google(values)), dtype=np.float64)
+    evidence: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    warnings: list[str] = []
+    for kr_id, raw in krs.items():
+        kr = _kr_decoder.decode(raw)
+        if kr.owner_id is not None:
+            owners[kr_id] = kr.owner_id  # the KR's own record wins over a grade row's
+        if kr.weight is not None:
+            weights[kr_id] = kr.weight
+        try:
+            graded = grade_evidence(to_key_result(kr), catalogue)
+        except (EvidenceError, msgspec.ValidationError) as exc:
+            warnings.append(f"KR {kr_id!r}: evidence not used: {exc}")
+            continue
+        if graded is not None:
+            evidence[kr_id] = graded.grade
+    table = GradeTable.from_arrays(
+        kr_ids, grader_ids, values, scale, evidence=evidence, owners=owners, weights=weights
+    )
+    return table, warnings
+
+
+def fit_cycle(
+    grades: Mapping[str, bytes],
+    krs: Mapping[str, bytes],
+    stored_scale: str,
+    model: str,
+    scale: str,
+    confidence: float,
+    catalogue: Catalogue,
+) -> CalibrationFit:
+    """Build the table and fit it: the CPU-bound part of a run, meant for a worker thread."""
+    spec = model_from_name(model, confidence=confidence)
+    table, warnings = build_table(
+        grades, krs, parse_scale(stored_scale), parse_scale(scale), catalogue
+    )
+    fit = spec.fit(table)
+    if warnings:
+        fit = msgspec.structs.replace(fit, warnings=(*fit.warnings, *warnings))
+    return fit
+
+
+def encode_results(fit: CalibrationFit) -> tuple[bytes, dict[ResultPart, list[tuple[str, bytes]]]]:
+    """The fit's overview (without the per-item tables) and its per-item tables, encoded."""
+    parts: dict[ResultPart, list[tuple[str, bytes]]] = {
+        "owners": [(o.owner_id, _encode(o)) for o in fit.owners],
+        "krs": [(k.kr_id, _encode(k)) for k in fit.krs],
+        "graders": [(g.grader_id, _encode(g)) for g in fit.graders],
+    }
+    overview = msgspec.structs.replace(fit, owners=(), krs=(), graders=())
+    return _encode(overview), parts
+
+
+def _done_fields(fit: CalibrationFit, attempt: int) -> dict[str, str]:
+    return {
+        "status": "done",
+        "finished_at": f"{time.time():.3f}",
+        "result_attempt": str(attempt),
+        "input_hash": fit.input_hash,
+        "model_version": fit.model_version,
+        "n_grades": str(fit.n_grades),
+        "n_krs": str(fit.n_krs),
+        "n_graders": str(fit.n_graders),
+        "summary": fit.summary(),
+        "error": "",
+    }
+
+
+class RunWorker:
+    """One consumer of the run stream. ``await worker.run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, store: Store, settings: Settings, name: str | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease = settings.run_lease_seconds
+        self.processed = 0
+
+    async def run(self, stop: anyio.Event) -> None:
+        """Take runs until ``stop``; survive Redis outages by waiting and trying again."""
+        ready = False
+        while not stop.is_set():
+            try:
+                if not ready:
+                    await self.store.ensure_queue()
+                    ready = True
+                # Entries idle past a lease belong to a dead worker: take them first.
+                jobs = await self.store.reclaim_queue(self.name, int(self.lease * 1000))
+                if not jobs:
+                    jobs = await self.store.read_queue(self.name, block_ms=500)
+                for message_id, job in jobs:
+                    await self.process(message_id, job)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                _log.warning("worker %s: redis unavailable (%s); retrying", self.name, exc)
+                ready = False
+                with anyio.move_on_after(1.0):
+                    await stop.wait()
+
+    async def process(self, message_id: str, job: Mapping[str, str]) -> None:
+        """Claim, fit and record one run; acknowledge it unless another worker holds it."""
+        org, cycle, run_id = job.get("org", ""), job.get("cycle", ""), job.get("run_id", "")
+        attempt = await self.store.claim_run(
+            org, cycle, run_id, self.name, time.time(), self.lease, self.settings.run_max_attempts
+        )
+        if attempt == -1:
+            return  # another worker holds a live lease; it will acknowledge
+        if attempt == 0:
+            await self.store.ack_queue(message_id)  # done, failed or gone
+            return
+        run = await self.store.get_run(org, cycle, run_id) or {}
+        error: Exception | None = None
+        fields: dict[str, str] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat, org, cycle, run_id, attempt, message_id)
+            try:
+                fields = await self._execute(org, cycle, run_id, attempt, run)
+            except Exception as exc:  # recorded on the run below, never left running
+                error = exc
+            tg.cancel_scope.cancel()
+        if isinstance(error, RedisConnectionError | RedisTimeoutError):
+            raise error  # the entry stays pending; the lease expires and it is retried
+        if isinstance(error, CalibrateError | AnchorError | ValueError):
+            fields = {"status": "failed", "finished_at": f"{time.time():.3f}", "error": str(error)}
+        elif error is not None:
+            _log.error("run %s/%s/%s failed", org, cycle, run_id, exc_info=error)
+            fields = {
+                "status": "failed",
+                "finished_at": f"{time.time():.3f}",
+                "error": f"internal error: {type(error).__name__}: {error}",
+            }
+        if await self.store.finish_run(org, cycle, run_id, self.name, attempt, fields):
+            self.processed += 1
+            await self.store.ack_queue(message_id)
+        else:
+            _log.warning("run %s lost its lease before finishing; another worker owns it", run_id)
+
+    async def _execute(
+        self, org: str, cycle: str, run_id: str, attempt: int, run: Mapping[str, str]
+    ) -> dict[str, str]:
+        grades = await self.store.all_items(org, cycle, "grades")
+        krs = await self.store.all_items(org, cycle, "krs")
+        stored_scale = await self.store.cycle_scale(org, cycle, None)
+        catalogue = await load_org_catalogue(self.store, org)
+        if not grades:
+            raise CalibrateError(f"cycle {cycle!r} has no grades")
+        fit = await anyio.to_thread.run_sync(
+            functools.partial(
+                fit_cycle,
+                grades,
+                krs,
+                stored_scale,
+                run["model"],
+                run.get("scale") or stored_scale,
+                float(run["confidence"]),
+                catalogue,
+            )
+        )
+        overview, parts = await anyio.to_thread.run_sync(encode_results, fit)
+        await self.store.save_results(org, cycle, run_id, attempt, overview, parts)
+        return _done_fields(fit, attempt)
+
+    async def _heartbeat(
+        self, org: str, cycle: str, run_id: str, attempt: int, message_id: str
+    ) -> None:
+        while True:
+            await anyio.sleep(self.lease / 3)
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                until = time.time() + self.lease
+                if not await self.store.renew_run(org, cycle, run_id, self.name, attempt, until):
+                    return
+                await self.store.touch_queue(self.name, message_id)

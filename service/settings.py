@@ -1,0 +1,117 @@
+"""Service settings: one frozen struct, read once from the environment and the CLI flags.
+
+Settings hold values only; they never open a connection or start a server.
+Environment variables (flags given on the command line win over them):
+
+========================  ==========================================  ==================
+variable                  meaning                                     default
+========================  ==========================================  ==================
+``REDIS_URL``             Redis to use; unset = embedded Redis        unset
+``OKRCAL_DATA_DIR``       data directory of the embedded Redis        ``./data``
+``OKRCAL_HOST``           address to listen on                        ``127.0.0.1``
+``OKRCAL_PORT``           port to listen on                           ``8080``
+``OKRCAL_WORKERS``        HTTP worker processes                       ``1``
+``OKRCAL_RUN_WORKERS``    calibration workers inside the service      ``1``
+``OKRCAL_MAX_BODY``       largest request body, bytes                 ``33554432``
+``OKRCAL_RATE_LIMIT``     requests per second per API key             ``20000``
+``OKRCAL_RUN_LEASE``      seconds a worker holds a run between beats  ``30``
+``OKRCAL_RUN_ATTEMPTS``   attempts before a run is marked failed      ``3``
+========================  ==========================================  ==================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting with an invalid value; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service needs to start, fixed for the life of the process."""
+
+    redis_url: str | None = None
+    data_dir: str = "data"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    #: Calibration workers run inside the service process (0 = only ``okrcal worker``).
+    run_workers: int = 1
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: Requests per second allowed per API key unless the key carries its own limit.
+    rate_limit: int = 20_000
+    #: Seconds a run's lease lasts; a worker renews it while the fit runs.
+    run_lease_seconds: float = 30.0
+    #: Attempts before a run whose workers keep dying is marked failed.
+    run_max_attempts: int = 3
+    #: How long an ``Idempotency-Key`` is remembered.
+    idempotency_ttl_seconds: int = 24 * 3600
+    #: Largest number of rows in one bulk upsert.
+    max_bulk_rows: int = 10_000
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("port", 0 <= self.port <= 65535),
+            ("workers", self.workers >= 1),
+            ("run_workers", self.run_workers >= 0),
+            ("max_body_bytes", self.max_body_bytes >= 1024),
+            ("rate_limit", self.rate_limit >= 1),
+            ("run_lease_seconds", self.run_lease_seconds > 0),
+            ("run_max_attempts", self.run_max_attempts >= 1),
+            ("idempotency_ttl_seconds", self.idempotency_ttl_seconds >= 1),
+            ("max_bulk_rows", self.max_bulk_rows >= 1),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise SettingsError(f"setting {name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read the environment once; keyword ``overrides`` (CLI flags) win where not None.
+
+        >>> Settings.from_env({"OKRCAL_PORT": "9000"}).port
+        9000
+        """
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        if env.get("REDIS_URL"):
+            raw["redis_url"] = env["REDIS_URL"]
+        for name, var, kind in _ENV_VARS:
+            value = env.get(var)
+            if value is None or value == "":
+                continue
+            try:
+                raw[name] = kind(value)
+            except ValueError as exc:
+                raise SettingsError(f"{var}={value!r} is not a valid {kind.__name__}") from exc
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(raw, cls)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(str(exc)) from exc
+
+
+_ENV_VARS: tuple[tuple[str, str, type], ...] = (
+    ("data_dir", "OKRCAL_DATA_DIR", str),
+    ("host", "OKRCAL_HOST", str),
+    ("port", "OKRCAL_PORT", int),
+    ("workers", "OKRCAL_WORKERS", int),
+    ("run_workers", "OKRCAL_RUN_WORKERS", int),
+    ("max_body_bytes", "OKRCAL_MAX_BODY", int),
+    ("rate_limit", "OKRCAL_RATE_LIMIT", int),
+    ("run_lease_seconds", "OKRCAL_RUN_LEASE", float),
+    ("run_max_attempts", "OKRCAL_RUN_ATTEMPTS", int),
+)

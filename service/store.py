@@ -1,0 +1,717 @@
+"""Storage behind a small port: the :class:`Store` protocol and its Redis adapter.
+
+The HTTP layer and the workers talk to :class:`Store` only. :class:`RedisStore`
+implements it on redis.asyncio; every key name comes from :mod:`service.keys`.
+
+Writes that must be all-or-nothing, or that read before they write, are Lua
+scripts (Redis runs a script atomically, so concurrent writers cannot interleave
+inside one and nothing is ever half-applied). They are registered once, at
+construction; redis-py sends them by SHA and reloads them after a Redis restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service import keys as K  # noqa: N812 - short, read as "keys"
+
+__all__ = [
+    "ApiKeyRecord",
+    "IdempotencyConflictError",
+    "Item",
+    "ItemKind",
+    "RedisStore",
+    "ResultPart",
+    "Store",
+    "UpsertCounts",
+]
+
+ItemKind = Literal["grades", "krs"]
+ResultPart = Literal["owners", "krs", "graders"]
+
+
+class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An API key as stored: never the key, only the SHA-256 of it."""
+
+    key_id: str
+    org: str
+    key_hash: str
+    scopes: list[str]
+    name: str | None = None
+    rate_limit: int | None = None
+    created_us: int = 0
+    revoked_us: int | None = None
+
+
+class UpsertCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """What one bulk upsert changed; ``replayed`` when answered from an Idempotency-Key."""
+
+    created: int
+    updated: int
+    unchanged: int
+    replayed: bool = False
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored grade or KR: its natural key, encoded value, version and change time (µs)."""
+
+    key: str
+    value: bytes
+    version: int
+    updated_us: int
+
+
+class IdempotencyConflictError(Exception):
+    """An Idempotency-Key was used before with a different request body."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Everything the service stores. Methods raise redis errors when the store is down."""
+
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+    # API keys
+    async def authenticate(self, key_hash: str, second: int) -> tuple[ApiKeyRecord | None, int]: ...
+    async def add_api_key(self, record: ApiKeyRecord) -> None: ...
+    async def list_api_keys(self, org: str) -> list[ApiKeyRecord]: ...
+    async def revoke_api_key(self, org: str, key_id: str, now_us: int) -> ApiKeyRecord | None: ...
+
+    # cycles
+    async def cycle_scale(self, org: str, cycle: str, requested: str | None) -> str: ...
+    async def cycle_locked(self, org: str, cycle: str) -> bool: ...
+
+    # grades and KRs
+    async def upsert(
+        self,
+        org: str,
+        cycle: str,
+        kind: ItemKind,
+        items: Sequence[tuple[str, bytes]],
+        now_us: int,
+        idempotency: tuple[str, str] | None = None,
+        idempotency_ttl: int = 86400,
+    ) -> UpsertCounts: ...
+    async def get_item(self, org: str, cycle: str, kind: ItemKind, key: str) -> Item | None: ...
+    async def item_history(self, org: str, cycle: str, kind: ItemKind, key: str) -> list[Item]: ...
+    async def page_items(
+        self, org: str, cycle: str, kind: ItemKind, after_us: int, limit: int
+    ) -> list[Item]: ...
+    async def all_items(self, org: str, cycle: str, kind: ItemKind) -> dict[str, bytes]: ...
+
+    # runs
+    async def create_run(
+        self, org: str, cycle: str, run_id: str, fields: Mapping[str, str]
+    ) -> None: ...
+    async def get_run(self, org: str, cycle: str, run_id: str) -> dict[str, str] | None: ...
+    async def list_runs(self, org: str, cycle: str, limit: int) -> list[dict[str, str]]: ...
+    async def claim_run(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        worker: str,
+        now: float,
+        lease: float,
+        max_attempts: int,
+    ) -> int: ...
+    async def renew_run(
+        self, org: str, cycle: str, run_id: str, worker: str, attempt: int, until: float
+    ) -> bool: ...
+    async def save_results(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        attempt: int,
+        fit: bytes,
+        parts: Mapping[ResultPart, Sequence[tuple[str, bytes]]],
+    ) -> None: ...
+    async def finish_run(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        worker: str,
+        attempt: int,
+        fields: Mapping[str, str],
+    ) -> bool: ...
+    async def publish_run(self, org: str, cycle: str, run_id: str) -> str: ...
+    async def published_run(self, org: str, cycle: str) -> tuple[tuple[str, int] | None, bool]: ...
+    async def run_fit(self, org: str, cycle: str, run_id: str, attempt: int) -> bytes | None: ...
+    async def result_item(
+        self, org: str, cycle: str, run_id: str, attempt: int, part: ResultPart, key: str
+    ) -> bytes | None: ...
+    async def result_page(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        attempt: int,
+        part: ResultPart,
+        after: str | None,
+        limit: int,
+    ) -> list[tuple[str, bytes]]: ...
+
+    # the run queue
+    async def ensure_queue(self) -> None: ...
+    async def enqueue_run(self, org: str, cycle: str, run_id: str) -> str: ...
+    async def read_queue(
+        self, consumer: str, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]: ...
+    async def reclaim_queue(
+        self, consumer: str, min_idle_ms: int
+    ) -> list[tuple[str, dict[str, str]]]: ...
+    async def touch_queue(self, consumer: str, message_id: str) -> None: ...
+    async def ack_queue(self, message_id: str) -> None: ...
+
+    # anchor catalogues
+    async def get_catalogue(
+        self, org: str, revision: int | None = None
+    ) -> tuple[int, str] | None: ...
+    async def put_catalogue(self, org: str, text: str) -> int: ...
+
+
+# Bulk upsert of grades or KRs, atomic so a request is never half-applied and two
+# writers never lose each other's rows. Re-sending an identical value is a no-op
+# (its version and change time stay); a changed value moves the old one to the
+# history hash with its time. Change times are strictly increasing microseconds
+# per organisation, so they double as the cursor of ``updated_after`` reads.
+# The Idempotency-Key check and the remembered answer live in the same script, so
+# two concurrent requests with one key apply once.
+# KEYS: data, updated, versions, history, clock, idempotency
+# ARGV: now_us, use_idempotency, request_hash, ttl, then key/value pairs
+_UPSERT = """
+local use_idem = ARGV[2] == '1'
+if use_idem then
+  local prev = redis.call('GET', KEYS[6])
+  if prev then return {'replay', prev} end
+end
+local t = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[5]) or '0')
+if t <= last then t = last end
+local created, updated, unchanged = 0, 0, 0
+for i = 5, #ARGV, 2 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[1], f)
+  if old == v then
+    unchanged = unchanged + 1
+  else
+    t = t + 1
+    if old then
+      local oldt = redis.call('ZSCORE', KEYS[2], f)
+      local ver = redis.call('HINCRBY', KEYS[3], f, 1)
+      redis.call('HSET', KEYS[4], f .. '\\31' .. (ver - 1), oldt .. ':' .. old)
+      updated = updated + 1
+    else
+      redis.call('HSET', KEYS[3], f, 1)
+      created = created + 1
+    end
+    redis.call('HSET', KEYS[1], f, v)
+    redis.call('ZADD', KEYS[2], t, f)
+  end
+end
+if created + updated > 0 then redis.call('SET', KEYS[5], string.format('%.0f', t)) end
+local res = created .. ':' .. updated .. ':' .. unchanged
+if use_idem then redis.call('SET', KEYS[6], ARGV[3] .. '|' .. res, 'EX', ARGV[4]) end
+return {'done', res}
+"""
+
+# Claiming a run checks and sets its status in one step, so two workers that got
+# the same stream entry (after a reclaim) never both run it, and a run whose
+# attempts are used up is marked failed instead of being retried for ever.
+# KEYS: run; ARGV: worker, now, lease seconds, max attempts
+_CLAIM = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempts')
+if not st[1] then return 0 end
+if st[1] == 'done' or st[1] == 'failed' then return 0 end
+local now = tonumber(ARGV[2])
+if st[1] == 'running' and tonumber(st[2] or '0') > now then return -1 end
+local attempts = tonumber(st[3] or '0')
+if attempts >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'worker', '',
+    'error', 'gave up after ' .. attempts .. ' attempt(s): the worker stopped before finishing')
+  return 0
+end
+attempts = attempts + 1
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempts', attempts,
+  'lease_until', string.format('%.3f', now + tonumber(ARGV[3])), 'started_at', ARGV[2])
+return attempts
+"""
+
+# Only the worker holding the current attempt may renew its lease or finish the
+# run: a worker that lost its lease (paused too long) cannot overwrite the run.
+# KEYS: run; ARGV: worker, attempt, then field/value pairs to set
+_IF_OWNER = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempts')
+if st[1] ~= 'running' or st[2] ~= ARGV[1] or st[3] ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# Publishing points the cycle at a finished run; checking the status and moving
+# the pointer in one step keeps an unfinished run from ever being published.
+# KEYS: run, published; ARGV: run id
+_PUBLISH = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'result_attempt')
+if not st[1] then return 'missing' end
+if st[1] ~= 'done' then return st[1] end
+redis.call('SET', KEYS[2], ARGV[1] .. ':' .. st[2])
+return 'ok'
+"""
+
+# A new catalogue revision gets the next number and becomes current atomically.
+# KEYS: catalogue hash; ARGV: TOML text
+_PUT_CATALOGUE = """
+local rev = redis.call('HINCRBY', KEYS[1], 'latest', 1)
+redis.call('HSET', KEYS[1], 'r' .. rev, ARGV[1])
+return rev
+"""
+
+_record_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """The :class:`Store` on Redis (a single server, or a cluster thanks to the ``{org}`` tags)."""
+
+    def __init__(self, url: str, *, max_connections: int = 256) -> None:
+        """Connect lazily to ``url``; short timeouts so a dead Redis answers 503 quickly."""
+        self.url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": 10.0,
+            "socket_connect_timeout": 2.0,
+            "health_check_interval": 30,
+            "max_connections": max_connections,
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        # One client per event loop: a connection belongs to the loop that opened it,
+        # and a test client (or a portal thread) may run the app on another loop.
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        template = aioredis.Redis.from_url(url, **self._options)  # never connects itself
+        self._upsert = template.register_script(_UPSERT)
+        self._claim = template.register_script(_CLAIM)
+        self._if_owner = template.register_script(_IF_OWNER)
+        self._publish = template.register_script(_PUBLISH)
+        self._put_catalogue = template.register_script(_PUT_CATALOGUE)
+
+    @property
+    def redis(self) -> Any:
+        """The client of the running event loop.
+
+        redis-py types replies as ``bytes | str | Any`` whatever the connection decodes;
+        this client never decodes (replies are bytes), and the public methods of the
+        store give every value its precise type.
+        """
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = aioredis.Redis.from_url(self.url, **self._options)
+        return client
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        current = asyncio.get_running_loop()
+        clients, self._clients = self._clients, {}
+        for loop, client in clients.items():
+            if loop is current:
+                await client.aclose()
+            elif not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+    # --- API keys -------------------------------------------------------------------------
+
+    async def authenticate(self, key_hash: str, second: int) -> tuple[ApiKeyRecord | None, int]:
+        # One round trip: the record and this second's counter. The counter is keyed
+        # by the hash, not the key id, because the id is only known after the read.
+        counter = K.rate_counter(key_hash[:24], second)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(K.api_key(key_hash))
+            pipe.incr(counter)
+            pipe.expire(counter, 2)
+            raw, count, _ = await pipe.execute()
+        return (_record_decoder.decode(raw) if raw else None), int(count)
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        blob = _encode(record)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(K.OrgKeys(record.org).api_keys, record.key_id, blob)
+            pipe.set(K.api_key(record.key_hash), blob)
+            await pipe.execute()
+
+    async def list_api_keys(self, org: str) -> list[ApiKeyRecord]:
+        raw = await self.redis.hvals(K.OrgKeys(org).api_keys)
+        return sorted((_record_decoder.decode(r) for r in raw), key=lambda r: r.created_us)
+
+    async def revoke_api_key(self, org: str, key_id: str, now_us: int) -> ApiKeyRecord | None:
+        okeys = K.OrgKeys(org)
+        raw = await self.redis.hget(okeys.api_keys, key_id)
+        if raw is None:
+            return None
+        record = _record_decoder.decode(raw)
+        # Deleting the lookup entry first is what makes the key stop working at once;
+        # the org's list then keeps the record, marked revoked, for audit.
+        await self.redis.delete(K.api_key(record.key_hash))
+        if record.revoked_us is None:
+            record = msgspec.structs.replace(record, revoked_us=now_us)
+            await self.redis.hset(okeys.api_keys, key_id, _encode(record))
+        return record
+
+    # --- cycles ---------------------------------------------------------------------------
+
+    async def cycle_scale(self, org: str, cycle: str, requested: str | None) -> str:
+        key = K.OrgKeys(org).cycle(cycle)
+        if requested is None:
+            current = await self.redis.hget(key, "scale")
+            if current is not None:
+                return _s(current)
+            requested = "google"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "scale", requested)
+            pipe.hget(key, "scale")
+            _, stored = await pipe.execute()
+        return _s(stored)
+
+    async def cycle_locked(self, org: str, cycle: str) -> bool:
+        # Locking arrives with calibration sessions; until then nothing sets it.
+        return bool(await self.redis.hget(K.OrgKeys(org).cycle(cycle), "locked"))
+
+    # --- grades and KRs -------------------------------------------------------------------
+
+    def _collection(self, org: str, cycle: str, kind: ItemKind) -> K.Collection:
+        okeys = K.OrgKeys(org)
+        return okeys.grades(cycle) if kind == "grades" else okeys.krs(cycle)
+
+    async def upsert(
+        self,
+        org: str,
+        cycle: str,
+        kind: ItemKind,
+        items: Sequence[tuple[str, bytes]],
+        now_us: int,
+        idempotency: tuple[str, str] | None = None,
+        idempotency_ttl: int = 86400,
+    ) -> UpsertCounts:
+        okeys = K.OrgKeys(org)
+        coll = self._collection(org, cycle, kind)
+        idem_key = okeys.idempotency(kind, cycle, idempotency[0] if idempotency else "-")
+        body_hash = idempotency[1] if idempotency else ""
+        args: list[bytes | str | int] = [
+            now_us,
+            "1" if idempotency else "0",
+            body_hash,
+            idempotency_ttl,
+        ]
+        for key, value in items:
+            args.append(key)
+            args.append(value)
+        status, result = await self._upsert(
+            client=self.redis, keys=[*coll.all(), okeys.clock, idem_key], args=args
+        )
+        text = _s(result)
+        replayed = _s(status) == "replay"
+        if replayed:
+            stored_hash, _, text = text.partition("|")
+            if stored_hash != body_hash:
+                raise IdempotencyConflictError(
+                    "this Idempotency-Key was used with a different request body"
+                )
+        created, updated, unchanged = (int(x) for x in text.split(":"))
+        return UpsertCounts(
+            created=created, updated=updated, unchanged=unchanged, replayed=replayed
+        )
+
+    async def get_item(self, org: str, cycle: str, kind: ItemKind, key: str) -> Item | None:
+        coll = self._collection(org, cycle, kind)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(coll.data, key)
+            pipe.hget(coll.versions, key)
+            pipe.zscore(coll.updated, key)
+            value, version, score = await pipe.execute()
+        if value is None:
+            return None
+        return Item(key=key, value=value, version=int(version or 1), updated_us=int(score or 0))
+
+    async def item_history(self, org: str, cycle: str, kind: ItemKind, key: str) -> list[Item]:
+        current = await self.get_item(org, cycle, kind, key)
+        if current is None:
+            return []
+        coll = self._collection(org, cycle, kind)
+        old = (
+            await self.redis.hmget(coll.hist, [f"{key}\x1f{v}" for v in range(1, current.version)])
+            if current.version > 1
+            else []
+        )
+        out: list[Item] = []
+        for version, raw in enumerate(old, start=1):
+            if raw is None:
+                continue
+            stamp, _, value = raw.partition(b":")
+            out.append(Item(key=key, value=value, version=version, updated_us=int(float(stamp))))
+        out.append(current)
+        return out
+
+    async def page_items(
+        self, org: str, cycle: str, kind: ItemKind, after_us: int, limit: int
+    ) -> list[Item]:
+        coll = self._collection(org, cycle, kind)
+        pairs = await self.redis.zrangebyscore(
+            coll.updated, f"({after_us}", "+inf", start=0, num=limit, withscores=True
+        )
+        if not pairs:
+            return []
+        names = [p[0] for p in pairs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(coll.data, names)
+            pipe.hmget(coll.versions, names)
+            values, versions = await pipe.execute()
+        return [
+            Item(key=_s(n), value=v, version=int(ver or 1), updated_us=int(score))
+            for (n, score), v, ver in zip(pairs, values, versions, strict=True)
+            if v is not None
+        ]
+
+    async def all_items(self, org: str, cycle: str, kind: ItemKind) -> dict[str, bytes]:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self._collection(org, cycle, kind).data)
+        return {k.decode(): v for k, v in raw.items()}
+
+    # --- runs -----------------------------------------------------------------------------
+
+    async def create_run(
+        self, org: str, cycle: str, run_id: str, fields: Mapping[str, str]
+    ) -> None:
+        okeys = K.OrgKeys(org)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(okeys.run(cycle, run_id), mapping=dict(fields))
+            pipe.zadd(okeys.runs(cycle), {run_id: float(fields["created_at"])})
+            await pipe.execute()
+
+    async def get_run(self, org: str, cycle: str, run_id: str) -> dict[str, str] | None:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(K.OrgKeys(org).run(cycle, run_id))
+        return {_s(k): _s(v) for k, v in raw.items()} or None
+
+    async def list_runs(self, org: str, cycle: str, limit: int) -> list[dict[str, str]]:
+        okeys = K.OrgKeys(org)
+        ids = await self.redis.zrevrange(okeys.runs(cycle), 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hgetall(okeys.run(cycle, _s(run_id)))
+            rows = await pipe.execute()
+        return [{_s(k): _s(v) for k, v in row.items()} for row in rows if row]
+
+    async def claim_run(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        worker: str,
+        now: float,
+        lease: float,
+        max_attempts: int,
+    ) -> int:
+        key = K.OrgKeys(org).run(cycle, run_id)
+        return int(
+            await self._claim(
+                client=self.redis, keys=[key], args=[worker, f"{now:.3f}", lease, max_attempts]
+            )
+        )
+
+    async def renew_run(
+        self, org: str, cycle: str, run_id: str, worker: str, attempt: int, until: float
+    ) -> bool:
+        key = K.OrgKeys(org).run(cycle, run_id)
+        args: list[str | int] = [worker, attempt, "lease_until", f"{until:.3f}"]
+        return bool(await self._if_owner(client=self.redis, keys=[key], args=args))
+
+    async def save_results(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        attempt: int,
+        fit: bytes,
+        parts: Mapping[ResultPart, Sequence[tuple[str, bytes]]],
+    ) -> None:
+        okeys = K.OrgKeys(org)
+        # Nothing reads an attempt's keys before finish_run names that attempt, so a
+        # plain pipeline is enough here; chunks keep each command a sensible size.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(okeys.run_part(cycle, run_id, attempt, "fit"), fit)
+            for part, rows in parts.items():
+                data = okeys.run_part(cycle, run_id, attempt, part)
+                index = okeys.run_part(cycle, run_id, attempt, f"{part}:ix")
+                pipe.delete(data, index)
+                for i in range(0, len(rows), 5000):
+                    chunk = rows[i : i + 5000]
+                    pipe.hset(data, mapping=dict(chunk))
+                    pipe.zadd(index, {k: 0 for k, _ in chunk})
+            await pipe.execute()
+
+    async def finish_run(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        worker: str,
+        attempt: int,
+        fields: Mapping[str, str],
+    ) -> bool:
+        key = K.OrgKeys(org).run(cycle, run_id)
+        args: list[str | int] = [worker, attempt]
+        for name, value in fields.items():
+            args.extend((name, value))
+        return bool(await self._if_owner(client=self.redis, keys=[key], args=args))
+
+    async def publish_run(self, org: str, cycle: str, run_id: str) -> str:
+        okeys = K.OrgKeys(org)
+        keys = [okeys.run(cycle, run_id), okeys.published(cycle)]
+        return _s(await self._publish(client=self.redis, keys=keys, args=[run_id]))
+
+    async def published_run(self, org: str, cycle: str) -> tuple[tuple[str, int] | None, bool]:
+        # One round trip for what every results read needs: which run, and whether
+        # the cycle is locked (which makes published results final).
+        okeys = K.OrgKeys(org)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(okeys.published(cycle))
+            pipe.hget(okeys.cycle(cycle), "locked")
+            raw, locked = await pipe.execute()
+        if raw is None:
+            return None, bool(locked)
+        run_id, _, attempt = _s(raw).rpartition(":")
+        return (run_id, int(attempt)), bool(locked)
+
+    async def run_fit(self, org: str, cycle: str, run_id: str, attempt: int) -> bytes | None:
+        raw: bytes | None = await self.redis.get(
+            K.OrgKeys(org).run_part(cycle, run_id, attempt, "fit")
+        )
+        return raw
+
+    async def result_item(
+        self, org: str, cycle: str, run_id: str, attempt: int, part: ResultPart, key: str
+    ) -> bytes | None:
+        raw: bytes | None = await self.redis.hget(
+            K.OrgKeys(org).run_part(cycle, run_id, attempt, part), key
+        )
+        return raw
+
+    async def result_page(
+        self,
+        org: str,
+        cycle: str,
+        run_id: str,
+        attempt: int,
+        part: ResultPart,
+        after: str | None,
+        limit: int,
+    ) -> list[tuple[str, bytes]]:
+        okeys = K.OrgKeys(org)
+        index = okeys.run_part(cycle, run_id, attempt, f"{part}:ix")
+        low = "-" if after is None else "(" + after
+        names = await self.redis.zrangebylex(index, low, "+", start=0, num=limit)
+        if not names:
+            return []
+        values = await self.redis.hmget(okeys.run_part(cycle, run_id, attempt, part), names)
+        return [(_s(n), v) for n, v in zip(names, values, strict=True) if v is not None]
+
+    # --- the run queue --------------------------------------------------------------------
+
+    async def ensure_queue(self) -> None:
+        try:
+            await self.redis.xgroup_create(K.RUN_STREAM, K.RUN_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue_run(self, org: str, cycle: str, run_id: str) -> str:
+        msg_id = await self.redis.xadd(K.RUN_STREAM, {"org": org, "cycle": cycle, "run_id": run_id})
+        return _s(msg_id)
+
+    async def read_queue(self, consumer: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        try:
+            streams = await self.redis.xreadgroup(
+                K.RUN_GROUP, consumer, {K.RUN_STREAM: ">"}, count=1, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_queue()  # Redis lost the group (flushed): make it again
+            return []
+        return [
+            (_s(mid), {_s(k): _s(v) for k, v in fields.items()})
+            for _, entries in streams or []
+            for mid, fields in entries
+        ]
+
+    async def reclaim_queue(
+        self, consumer: str, min_idle_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        try:
+            reply = await self.redis.xautoclaim(
+                K.RUN_STREAM, K.RUN_GROUP, consumer, min_idle_time=min_idle_ms, count=10
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_queue()
+            return []
+        entries = reply[1]
+        return [
+            (_s(mid), {_s(k): _s(v) for k, v in fields.items()})
+            for mid, fields in entries
+            if fields  # a deleted entry comes back empty
+        ]
+
+    async def touch_queue(self, consumer: str, message_id: str) -> None:
+        # Claiming our own entry resets its idle time: the heartbeat that tells other
+        # workers this run's worker is alive.
+        await self.redis.xclaim(
+            K.RUN_STREAM,
+            K.RUN_GROUP,
+            consumer,
+            min_idle_time=0,
+            message_ids=[message_id],
+            justid=True,
+        )
+
+    async def ack_queue(self, message_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(K.RUN_STREAM, K.RUN_GROUP, message_id)
+            pipe.xdel(K.RUN_STREAM, message_id)
+            await pipe.execute()
+
+    # --- anchor catalogues ----------------------------------------------------------------
+
+    async def get_catalogue(self, org: str, revision: int | None = None) -> tuple[int, str] | None:
+        key = K.OrgKeys(org).catalogue
+        if revision is None:
+            latest = await self.redis.hget(key, "latest")
+            if latest is None:
+                return None
+            revision = int(latest)
+        text = await self.redis.hget(key, f"r{revision}")
+        return None if text is None else (revision, _s(text))
+
+    async def put_catalogue(self, org: str, text: str) -> int:
+        return int(
+            await self._put_catalogue(
+                client=self.redis, keys=[K.OrgKeys(org).catalogue], args=[text]
+            )
+        )

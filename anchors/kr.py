@@ -92,6 +92,15 @@ class KeyResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         _check_id(self.kr_id, self.kr_id, "kr_id", required=True)
         for name in ("owner_id", "org_unit"):
             _check_id(self.kr_id, getattr(self, name), name, required=False)
+        # msgspec checks these Literals when decoding, but not when Python code builds a KR.
+        if self.kr_type is not None and self.kr_type not in KR_TYPES:
+            raise EvidenceError(
+                self.kr_id, "kr_type", f"{self.kr_type!r} is not one of {', '.join(KR_TYPES)}"
+            )
+        if self.direction is not None and self.direction not in DIRECTIONS:
+            raise EvidenceError(
+                self.kr_id, "direction", f"{self.direction!r} is not one of {', '.join(DIRECTIONS)}"
+            )
         for name in _NUMERIC_FIELDS:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):

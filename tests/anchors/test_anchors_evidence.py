@@ -79,6 +79,8 @@ def test_non_finite_numbers_name_the_kr_and_field(field: str, value: float):
         ({"kr_id": "k", "owner_id": "o" * 201}, "owner_id"),
         ({"kr_id": "k", "weight": -1.0}, "weight"),
         ({"kr_id": "k", "tolerance": -0.5}, "tolerance"),
+        ({"kr_id": "k", "kr_type": "okr"}, "kr_type"),
+        ({"kr_id": "k", "direction": "up"}, "direction"),
     ],
 )
 def test_always_wrong_fields_are_rejected_at_construction(fields: dict[str, object], field: str):

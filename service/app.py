@@ -31,6 +31,7 @@ from litestar.params import Parameter
 from anchors import (
     Catalogue,
     EvidenceError,
+    check_outcome,
     default_catalogue,
     default_catalogue_text,
     grade_evidence,
@@ -241,14 +242,11 @@ def _kr_out(item: Item, catalogue: Catalogue) -> KROut:
 
 
 def _outcome(description: str | None) -> OutcomeOut | None:
-    import anchors
-
-    check = getattr(anchors, "check_outcome", None)
-    if description is None or check is None:
+    if description is None:
         return None
-    result = check(description)
+    result = check_outcome(description)
     return OutcomeOut(
-        is_output=bool(result.is_output),
+        is_output=result.is_output,
         triggers=list(result.triggers),
         reasons=list(result.reasons),
         suggestion=result.suggestion,

@@ -15,6 +15,9 @@ __all__ = ["main"]
 # subcommand -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
 _COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("service.cmd_calibrate", "calibrate a grades CSV offline and write the results"),
+    "serve": ("service.cmd_serve", "run the HTTP service (embedded Redis unless REDIS_URL)"),
+    "keys": ("service.cmd_keys", "create, list or revoke API keys"),
+    "worker": ("service.cmd_worker", "run calibration workers in a separate process"),
 }
 
 

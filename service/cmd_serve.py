@@ -1,0 +1,104 @@
+"""``okrcal serve``: the HTTP service, with an embedded Redis unless ``REDIS_URL`` is set.
+
+The embedded Redis keeps its data in ``--data-dir`` and is stopped (saving) when the
+service stops, whether by Ctrl-C or SIGTERM. With ``--workers N`` uvicorn runs N
+processes that each build the app from the environment (:func:`app_from_env`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from litestar import Litestar
+
+from service.embedded import EmbeddedRedis, EmbeddedRedisError
+from service.settings import Settings, SettingsError
+
+__all__ = ["add_arguments", "app_from_env", "run"]
+
+_log = logging.getLogger("okrcal.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``okrcal serve``; unset flags fall back to the environment, then defaults."""
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    parser.add_argument("--data-dir", help="directory of the embedded Redis (default ./data)")
+    parser.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    parser.add_argument(
+        "--run-workers", type=int, help="calibration workers per process (default 1; 0 = none)"
+    )
+
+
+def app_from_env() -> Litestar:
+    """The app built from the environment: the factory each uvicorn worker process calls."""
+    from service.app import create_app
+    from service.store import RedisStore
+
+    settings = Settings.from_env()
+    if settings.redis_url is None:
+        raise SettingsError("REDIS_URL must be set for worker processes")
+    return create_app(settings, RedisStore(settings.redis_url))
+
+
+def _exit_on_signal(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted. Exit 2 for bad settings, 1 when Redis cannot start."""
+    import uvicorn
+
+    try:
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            workers=args.workers,
+            run_workers=args.run_workers,
+        )
+    except SettingsError as exc:
+        print(f"okrcal serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_path)
+        try:
+            url = embedded.start()
+        except EmbeddedRedisError as exc:
+            print(f"okrcal serve: {exc}", file=sys.stderr)
+            return 1
+        _log.info("embedded Redis on %s, data in %s", url, settings.data_path)
+    # uvicorn re-raises the signal that stopped it once it has shut down; turning
+    # SIGTERM into SystemExit (as SIGINT is KeyboardInterrupt) lets the finally
+    # clause below stop the embedded Redis cleanly instead of dying with it running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        # Worker processes read the same settings from the environment.
+        os.environ["REDIS_URL"] = url
+        os.environ["OKRCAL_RUN_WORKERS"] = str(settings.run_workers)
+        os.environ["OKRCAL_MAX_BODY"] = str(settings.max_body_bytes)
+        os.environ["OKRCAL_RATE_LIMIT"] = str(settings.rate_limit)
+        uvicorn.run(
+            "service.cmd_serve:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            _log.info("embedded Redis stopped")
+    return 0

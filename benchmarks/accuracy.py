@@ -76,6 +76,9 @@ SIM_SCENARIOS = tuple(n for n in SCENARIOS if n not in SPEED_ONLY)
 SETUP_SCENARIOS = ("realistic", "compression_heavy", "small_team", "team_differences")
 EFFECT_SCENARIOS = (*SETUP_SCENARIOS, "no_evidence_30pct_double")
 MIN_EFFECT = 0.05
+#: The row of the oracle that knows every grader's true effects (not a model).
+ORACLE = "oracle (knows true grader effects)"
+Z90 = 1.6448536269514722
 POWER_EFFECT = 0.08
 
 
@@ -115,9 +118,36 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
+def oracle(sim: Simulation, z: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The best estimate a model could hope for: it knows every grader's true effects.
+
+    Each grade is de-biased with the grader's true leniency and scale, weighted by the
+    grader's true noise variance (plus the rounding variance grid²/12), and combined with
+    the evidence (variance evidence_sd²) and the true prior of achievement, as a normal
+    posterior. Only clipping is ignored. Returns the posterior mean clipped to [0, 1] and
+    a ``z``-interval around it.
+    """
+    cfg = sim.config
+    g, k = sim.grade_grader, sim.grade_kr
+    s = sim.true_scale[g]
+    x = (sim.grade - sim.true_leniency[g] - sim.org_mean * (1.0 - s)) / s
+    var = (sim.noise_sd[g] ** 2 + cfg.grid**2 / 12.0) / s**2
+    prior_var = cfg.achievement_sd**2 + cfg.team_effect_sd**2
+    has_ev = np.isfinite(sim.evidence)
+    ev_w = has_ev / max(cfg.evidence_sd, 1e-6) ** 2
+    prec = 1.0 / prior_var + np.bincount(k, 1.0 / var, sim.n_krs) + ev_w
+    num = (
+        cfg.achievement_mean / prior_var
+        + np.bincount(k, x / var, sim.n_krs)
+        + ev_w * np.nan_to_num(sim.evidence)
+    )
+    mean = np.clip(num / prec, 0.0, 1.0)
+    half = z / np.sqrt(prec)
+    return mean, np.clip(mean - half, 0.0, 1.0), np.clip(mean + half, 0.0, 1.0)
+
+
 def score(sim: Simulation, fit: CalibrationFit, tally: Tally) -> None:
     """Add one fit's scores against the simulation's truth to ``tally``."""
-    truth = sim.true_achievement
     cal = np.full(sim.n_krs, np.nan)
     lo = np.full(sim.n_krs, np.nan)
     hi = np.full(sim.n_krs, np.nan)
@@ -127,6 +157,15 @@ def score(sim: Simulation, fit: CalibrationFit, tally: Tally) -> None:
             cal[i] = kr.calibrated_grade
         if kr.ci_low is not None and kr.ci_high is not None:
             lo[i], hi[i] = kr.ci_low, kr.ci_high
+    score_krs(sim, cal, lo, hi, tally)
+    score_graders(sim, fit, tally)
+
+
+def score_krs(
+    sim: Simulation, cal: FloatArray, lo: FloatArray, hi: FloatArray, tally: Tally
+) -> None:
+    """KR-level scores: RMSE against the truth, its ratio to raw, interval coverage."""
+    truth = sim.true_achievement
     ok = np.isfinite(cal)
     raw = kr_means(sim)
     rmse = float(np.sqrt(np.mean((cal[ok] - truth[ok]) ** 2))) if ok.any() else math.nan
@@ -141,6 +180,9 @@ def score(sim: Simulation, fit: CalibrationFit, tally: Tally) -> None:
     tally.covered += int(((lo[iv] <= truth[iv]) & (truth[iv] <= hi[iv])).sum())
     tally.width_sum += float((hi[iv] - lo[iv]).sum())
 
+
+def score_graders(sim: Simulation, fit: CalibrationFit, tally: Tally) -> None:
+    """Grader-level scores: discoveries, power, false flags, compression."""
     true_len = sim.true_leniency
     realised = sim.realised_leniency()
     compressing = sim.true_scale < 1.0
@@ -192,7 +234,7 @@ def table_lines(name: str, tallies: dict[str, Tally]) -> list[str]:
         f"#### {name}",
         "",
         "| model | RMSE | raw RMSE | ratio to raw | 90% coverage | mean CI width | no estimate "
-        "| FDR | FDR pooled | FDR realised | power (|len|>=0.08) | flags /100 graders "
+        "| FDR | FDR pooled | FDR realised | power (abs. leniency >= 0.08) | flags /100 graders "
         "| compression detected | false compression | insufficient_data | fit s (median) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -286,6 +328,12 @@ def target_lines(res: dict[str, dict[str, Tally]]) -> list[str]:
                 r <= 0.75, f"[no_evidence_30pct_double] {d} RMSE = {r:.3f} x raw (target <= 0.75)"
             )
         )
+    for s in res:
+        if ORACLE in res[s]:
+            out.append(
+                f"INFO: [{s}] oracle that knows every grader's true effects: RMSE = "
+                f"{ratio(s, ORACLE):.3f} x raw (about the best any model can do on this simulation)"
+            )
     if "affine" in res.get("compression_heavy", {}):
         t = res["compression_heavy"]["affine"]
         out.append(
@@ -301,11 +349,16 @@ def run_simulations(
     """Fit every model to every seed of every scenario; print progress to stderr."""
     res: dict[str, dict[str, Tally]] = {}
     for name in names:
-        res[name] = {m: Tally() for m in models}
+        res[name] = {m: Tally() for m in (*models, ORACLE)}
         cfg = scenario(name)
         for i in range(seeds):
             sim = simulate_org(_seed(name, i), cfg)
             table = sim_table(sim)
+            if ORACLE in res[name]:
+                t0 = time.perf_counter()
+                mean, lo, hi = oracle(sim, Z90)
+                res[name][ORACLE].seconds.append(time.perf_counter() - t0)
+                score_krs(sim, mean, lo, hi, res[name][ORACLE])
             for m in models:
                 spec = model_from_name(m)
                 t0 = time.perf_counter()

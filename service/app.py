@@ -24,9 +24,9 @@ import anyio
 import msgspec
 from litestar import Controller, Litestar, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.config import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from anchors import (
     Catalogue,
@@ -83,12 +83,14 @@ _kr_score_decoder = msgspec.msgpack.Decoder(KRScore)
 _grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
 
 _MAX_PAGE = 5000
-Limit = Annotated[int, Parameter(ge=1, le=_MAX_PAGE, description="items per page")]
-Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
+Limit = Annotated[int, QueryParameter(ge=1, le=_MAX_PAGE, description="items per page")]
+Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
 UpdatedAfter = Annotated[
-    datetime | None, Parameter(description="only items changed after this time (ISO 8601)")
+    datetime | None, QueryParameter(description="only items changed after this time (ISO 8601)")
 ]
-RunId = Annotated[str | None, Parameter(description="read this run instead of the published one")]
+RunId = Annotated[
+    str | None, QueryParameter(description="read this run instead of the published one")
+]
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -283,7 +285,7 @@ class OpsController(Controller):
         return HealthOut(status="ok")
 
     @get("/readyz")
-    async def readyz(self, store: Store) -> Response[HealthOut]:
+    async def readyz(self, store: NamedDependency[Store]) -> Response[HealthOut]:
         """Ready when Redis answers; 503 otherwise (the service reconnects by itself)."""
         try:
             await store.ping()
@@ -315,7 +317,10 @@ class AnchorsController(Controller):
 
     @get("/")
     async def current(
-        self, store: Store, org: str, revision: Annotated[int | None, Parameter(ge=1)] = None
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        revision: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> CatalogueOut:
         """The organisation's catalogue (a given revision, or the current one; else the default)."""
         found = await store.get_catalogue(org, revision)
@@ -328,7 +333,7 @@ class AnchorsController(Controller):
 
     @put("/", opt={SCOPE_OPT: "anchors:admin"}, operation_class=bulk_body(None, toml=True))
     async def replace(
-        self, request: Request[Any, Any, Any], store: Store, org: str
+        self, request: Request[Any, Any, Any], store: NamedDependency[Store], org: FromPath[str]
     ) -> CatalogueOut:
         """Validate a TOML catalogue and make it the current revision."""
         body = await request.body()
@@ -357,10 +362,10 @@ class KRsController(Controller):
     async def upsert(
         self,
         request: Request[Any, Any, Any],
-        store: Store,
-        settings: Settings,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        org: FromPath[str],
+        cycle: FromPath[str],
     ) -> UpsertResult:
         """Bulk upsert of KRs (JSON or CSV), all or nothing; unchanged KRs are no-ops."""
         _check_cycle(cycle)
@@ -378,9 +383,9 @@ class KRsController(Controller):
     @get("/")
     async def list_krs(
         self,
-        store: Store,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
         limit: Limit = 1000,
         cursor: Cursor = None,
         updated_after: UpdatedAfter = None,
@@ -397,7 +402,13 @@ class KRsController(Controller):
         )
 
     @get("/{kr_id:str}", opt={SCOPE_OPT: "scores:read"})
-    async def get_kr(self, store: Store, org: str, cycle: str, kr_id: str) -> KROut:
+    async def get_kr(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        kr_id: FromPath[str],
+    ) -> KROut:
         """One KR with its evidence grade, the reasons, and the outcome check."""
         _check_cycle(cycle)
         item = await store.get_item(org, cycle, "krs", kr_id)
@@ -458,12 +469,12 @@ class GradesController(Controller):
     async def upsert(
         self,
         request: Request[Any, Any, Any],
-        store: Store,
-        settings: Settings,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        settings: NamedDependency[Settings],
+        org: FromPath[str],
+        cycle: FromPath[str],
         scale: Annotated[
-            str | None, Parameter(description="scale of the grades (default: the cycle's)")
+            str | None, QueryParameter(description="scale of the grades (default: the cycle's)")
         ] = None,
     ) -> UpsertResult:
         """Bulk upsert (JSON or CSV), all or nothing; honours ``Idempotency-Key``."""
@@ -493,9 +504,9 @@ class GradesController(Controller):
     @get("/", opt={SCOPE_OPT: "scores:read"})
     async def list_grades(
         self,
-        store: Store,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
         limit: Limit = 1000,
         cursor: Cursor = None,
         updated_after: UpdatedAfter = None,
@@ -525,7 +536,12 @@ class GradesController(Controller):
 
     @get("/history", opt={SCOPE_OPT: "scores:read"})
     async def history(
-        self, store: Store, org: str, cycle: str, kr_id: str, grader_id: str
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        kr_id: FromQuery[str],
+        grader_id: FromQuery[str],
     ) -> list[GradeVersion]:
         """Every value one grade has had, oldest first."""
         _check_cycle(cycle)
@@ -554,7 +570,13 @@ class CalibrationsController(Controller):
     tags = ("calibrations",)
 
     @post("/", opt={SCOPE_OPT: "calibration:run"}, status_code=202)
-    async def start(self, store: Store, org: str, cycle: str, data: RunIn) -> RunOut:
+    async def start(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        data: JSONBody[RunIn],
+    ) -> RunOut:
         """Queue a run (model, scale, confidence); 202 with its id. Workers execute it."""
         _check_cycle(cycle)
         model_from_name(data.model, confidence=data.confidence)  # ModelError -> 400
@@ -585,7 +607,11 @@ class CalibrationsController(Controller):
 
     @get("/", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def list_runs(
-        self, store: Store, org: str, cycle: str, limit: Limit = 100
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        limit: Limit = 100,
     ) -> list[RunOut]:
         """The cycle's runs, newest first."""
         _check_cycle(cycle)
@@ -595,7 +621,13 @@ class CalibrationsController(Controller):
         return [_run_out(r, r["run_id"] == pub_id) for r in runs]
 
     @get("/{run_id:str}", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
-    async def get_run(self, store: Store, org: str, cycle: str, run_id: str) -> RunOut:
+    async def get_run(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        run_id: FromPath[str],
+    ) -> RunOut:
         """Status, summary, input hash and model version of one run."""
         _check_cycle(cycle)
         run = await store.get_run(org, cycle, run_id)
@@ -605,7 +637,13 @@ class CalibrationsController(Controller):
         return _run_out(run, published is not None and published[0] == run_id)
 
     @post("/{run_id:str}/publish", opt={SCOPE_OPT: "calibration:run"}, status_code=200)
-    async def publish(self, store: Store, org: str, cycle: str, run_id: str) -> RunOut:
+    async def publish(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        run_id: FromPath[str],
+    ) -> RunOut:
         """Make this finished run the cycle's published one (replacing any earlier)."""
         _check_cycle(cycle)
         outcome = await store.publish_run(org, cycle, run_id)
@@ -682,9 +720,9 @@ class ResultsController(Controller):
     @get("/scores", opt={SCOPE_OPT: "scores:read"})
     async def scores(
         self,
-        store: Store,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
         run_id: RunId = None,
         limit: Limit = 1000,
         cursor: Cursor = None,
@@ -695,7 +733,11 @@ class ResultsController(Controller):
 
     @get("/scores.csv", opt={SCOPE_OPT: "scores:read"}, media_type="text/csv")
     async def scores_csv(
-        self, store: Store, org: str, cycle: str, run_id: RunId = None
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        run_id: RunId = None,
     ) -> Response[bytes]:
         """Every calibrated KR score as CSV."""
         _check_cycle(cycle)
@@ -722,9 +764,9 @@ class ResultsController(Controller):
     @get("/graders", opt={SCOPE_OPT: "scores:read"})
     async def graders(
         self,
-        store: Store,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
         run_id: RunId = None,
         limit: Limit = 1000,
         cursor: Cursor = None,
@@ -736,9 +778,9 @@ class ResultsController(Controller):
     @get("/owners", opt={SCOPE_OPT: "hr:read"})
     async def owners(
         self,
-        store: Store,
-        org: str,
-        cycle: str,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
         run_id: RunId = None,
         limit: Limit = 1000,
         cursor: Cursor = None,
@@ -751,7 +793,12 @@ class ResultsController(Controller):
 
     @get("/owners/{owner_id:str}", opt={SCOPE_OPT: "hr:read"})
     async def owner_achievement(
-        self, store: Store, org: str, cycle: str, owner_id: str, run_id: RunId = None
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        owner_id: FromPath[str],
+        run_id: RunId = None,
     ) -> OwnerOut:
         """One owner's achievement with interval and state."""
         _check_cycle(cycle)
@@ -771,12 +818,14 @@ class KeysController(Controller):
     tags = ("api keys",)
 
     @get("/")
-    async def list_keys(self, store: Store, org: str) -> list[ApiKeyOut]:
+    async def list_keys(self, store: NamedDependency[Store], org: FromPath[str]) -> list[ApiKeyOut]:
         """Every key of the organisation, revoked ones included (never the keys themselves)."""
         return [_key_out(r) for r in await store.list_api_keys(org)]
 
     @post("/", status_code=201)
-    async def create_key(self, store: Store, org: str, data: ApiKeyIn) -> ApiKeyCreated:
+    async def create_key(
+        self, store: NamedDependency[Store], org: FromPath[str], data: JSONBody[ApiKeyIn]
+    ) -> ApiKeyCreated:
         """A new key; the key is in this response only."""
         if data.name is not None:
             errors: list[FieldProblem] = []
@@ -791,7 +840,9 @@ class KeysController(Controller):
         return ApiKeyCreated(key=key, record=_key_out(record))
 
     @delete("/{key_id:str}", status_code=200)
-    async def revoke_key(self, store: Store, org: str, key_id: str) -> ApiKeyOut:
+    async def revoke_key(
+        self, store: NamedDependency[Store], org: FromPath[str], key_id: FromPath[str]
+    ) -> ApiKeyOut:
         """Revoke a key; it stops working at once."""
         record = await store.revoke_api_key(org, key_id, _now_us())
         if record is None:

@@ -64,12 +64,12 @@ def _json_rows(body: bytes, key: str) -> list[msgspec.Raw]:
     """The raw rows of ``[...]`` or ``{key: [...]}``; 400 for malformed JSON."""
     try:
         top = msgspec.json.decode(body, type=list[msgspec.Raw] | dict[str, msgspec.Raw])
-    except msgspec.DecodeError as exc:
-        raise ProblemError(400, f"malformed JSON: {exc}") from exc
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
         raise ProblemError(
             400, f"the body must be a JSON array of rows or an object {{{key!r}: [...]}}"
         ) from exc
+    except msgspec.DecodeError as exc:
+        raise ProblemError(400, f"malformed JSON: {exc}") from exc
     if isinstance(top, list):
         return top
     unknown = sorted(set(top) - {key})
@@ -95,12 +95,14 @@ def _json_rows(body: bytes, key: str) -> list[msgspec.Raw]:
         ) from exc
 
 
-def _decode_json(body: bytes, key: str, kind: type[T], errors: list[FieldProblem]) -> list[T]:
+def _decode_json(
+    body: bytes, key: str, kind: type[T], errors: list[FieldProblem]
+) -> list[tuple[int, T]]:
     decoder = msgspec.json.Decoder(kind)
-    out: list[T] = []
+    out: list[tuple[int, T]] = []
     for row, raw in enumerate(_json_rows(body, key), start=1):
         try:
-            out.append(decoder.decode(raw))
+            out.append((row, decoder.decode(raw)))
         except msgspec.ValidationError as exc:
             errors.append(
                 FieldProblem(problem=_problem_of(exc), field=_field_of(str(exc)), row=row)
@@ -145,12 +147,12 @@ def _csv_records(body: bytes, fields: tuple[str, ...]) -> Iterator[tuple[int, di
         raise ProblemError(400, f"malformed CSV at line {reader.line_num}: {exc}") from exc
 
 
-def _decode_csv(body: bytes, kind: type[T], errors: list[FieldProblem]) -> list[T]:
+def _decode_csv(body: bytes, kind: type[T], errors: list[FieldProblem]) -> list[tuple[int, T]]:
     fields = tuple(kind.__struct_fields__)
-    out: list[T] = []
+    out: list[tuple[int, T]] = []
     for row, record in _csv_records(body, fields):
         try:
-            out.append(msgspec.convert(record, kind, strict=False))
+            out.append((row, msgspec.convert(record, kind, strict=False)))
         except msgspec.ValidationError as exc:
             errors.append(
                 FieldProblem(problem=_problem_of(exc), field=_field_of(str(exc)), row=row)
@@ -160,7 +162,8 @@ def _decode_csv(body: bytes, kind: type[T], errors: list[FieldProblem]) -> list[
 
 def _decode(
     body: bytes, content_type: str, key: str, kind: type[T], errors: list[FieldProblem]
-) -> list[T]:
+) -> list[tuple[int, T]]:
+    """The decoded rows, each with its 1-based row number in the request."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media in ("text/csv", "application/csv"):
         return _decode_csv(body, kind, errors)
@@ -171,12 +174,14 @@ def _decode(
     )
 
 
-def _finish(rows: list[T], errors: list[FieldProblem], max_rows: int, what: str) -> list[T]:
-    n = len(rows) + len({e.row for e in errors if e.row is not None})
-    if len(rows) > max_rows:
+def _finish(
+    rows: list[tuple[int, T]], errors: list[FieldProblem], max_rows: int, what: str
+) -> list[T]:
+    n = len({row for row, _ in rows} | {e.row for e in errors if e.row is not None})
+    if n > max_rows:
         raise ProblemError(
             413,
-            f"{len(rows)} {what} in one request; send at most {max_rows}",
+            f"{n} {what} in one request; send at most {max_rows}",
             errors=[FieldProblem(problem=f"more than {max_rows} rows", field=what)],
         )
     if errors:
@@ -190,7 +195,7 @@ def _finish(rows: list[T], errors: list[FieldProblem], max_rows: int, what: str)
         raise ProblemError(
             400, f"no {what} given", errors=[FieldProblem(problem="empty", field=what)]
         )
-    return rows
+    return [item for _, item in rows]
 
 
 def _finite(value: float | None, field: str, row: int, errors: list[FieldProblem]) -> bool:
@@ -205,7 +210,7 @@ def parse_grades(body: bytes, content_type: str, scale: Scale, *, max_rows: int)
     errors: list[FieldProblem] = []
     rows = _decode(body, content_type, "grades", GradeIn, errors)
     seen: dict[tuple[str, str], int] = {}
-    for row, g in enumerate(rows, start=1):
+    for row, g in rows:
         check_id(g.kr_id, "kr_id", row, errors)
         check_id(g.grader_id, "grader_id", row, errors)
         check_id(g.owner_id, "owner_id", row, errors)
@@ -241,7 +246,7 @@ def parse_krs(
     errors: list[FieldProblem] = []
     rows = _decode(body, content_type, "krs", KRIn, errors)
     seen: dict[str, int] = {}
-    for row, kr in enumerate(rows, start=1):
+    for row, kr in rows:
         check_id(kr.kr_id, "kr_id", row, errors)
         check_id(kr.owner_id, "owner_id", row, errors)
         check_id(kr.org_unit, "org_unit", row, errors)

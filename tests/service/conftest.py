@@ -1,0 +1,60 @@
+"""Fixtures of the HTTP tests: the app on the session's real Redis, and keys to call it with."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.auth import new_api_key
+from service.settings import Settings
+from service.store import RedisStore
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    """A store of the test's own, for setting up and checking state next to the app."""
+    s = RedisStore(redis_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Service settings for tests: no in-process run workers unless a test asks for them."""
+    return Settings(run_workers=0, run_lease_seconds=1.0)
+
+
+@pytest.fixture
+async def client(redis_url: str, settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The app on the real Redis, through litestar's test client."""
+    app = create_app(settings, RedisStore(redis_url))
+    async with AsyncTestClient(app) as c:
+        yield c
+
+
+async def make_key(
+    store: RedisStore, org: str, *scopes: str, rate_limit: int | None = None
+) -> dict[str, str]:
+    """Headers carrying a fresh key of ``org`` with ``scopes``."""
+    key, record = new_api_key(org, scopes, rate_limit=rate_limit)
+    await store.add_api_key(record)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def grades_rows(n_krs: int, n_graders: int, *, offset: float = 0.0) -> list[dict[str, object]]:
+    """A full grid of grades on the google scale, one owner per KR."""
+    return [
+        {
+            "kr_id": f"k{k}",
+            "grader_id": f"g{g}",
+            "grade": round(min(1.0, max(0.0, 0.2 + 0.6 * ((k * 7 + g * 3) % 10) / 10 + offset)), 3),
+            "owner_id": f"o{k % 5}",
+        }
+        for k in range(n_krs)
+        for g in range(n_graders)
+    ]

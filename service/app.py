@@ -380,7 +380,7 @@ class KRsController(Controller):
         items = [(kr.kr_id, _encode_msgpack(kr)) for kr in rows]
         return await _upsert(request, store, settings, org, cycle, "krs", items, body, "")
 
-    @get("/")
+    @get("/", opt={SCOPE_OPT: "scores:read"})
     async def list_krs(
         self,
         store: NamedDependency[Store],

@@ -32,7 +32,8 @@ async def test_grades_upsert_is_idempotent_and_keeps_history(
     }
 
     r = await client.post(url, json=rows, headers=h)  # the bare-array form, same grades
-    assert r.json()["unchanged"] == 40 and r.json()["created"] == 0
+    assert r.json()["unchanged"] == 40
+    assert r.json()["created"] == 0
 
     changed = [{"kr_id": "k1", "grader_id": "g2", "grade": 0.95}]
     r = await client.post(url, json={"grades": changed}, headers=h)
@@ -178,7 +179,8 @@ async def test_every_invalid_row_listed_and_nothing_written(
     )
     assert r.status_code == 400
     problem = r.json()
-    assert problem["status"] == 400 and "nothing was written" in problem["detail"]
+    assert problem["status"] == 400
+    assert "nothing was written" in problem["detail"]
     got = {(e["row"], e["field"]) for e in problem["errors"]}
     assert got == {
         (2, "kr_id"),
@@ -202,7 +204,8 @@ async def test_row_and_body_limits(redis_url: str, store: RedisStore, org: str) 
         h = await make_key(store, org, "grades:write")
         url = f"/v1/orgs/{org}/cycles/c1/grades"
         r = await c.post(url, json=grades_rows(13, 4), headers=h)
-        assert r.status_code == 413 and "at most 50" in r.text
+        assert r.status_code == 413
+        assert "at most 50" in r.text
         r = await c.post(
             url,
             content=b"[" + b" " * 30_000 + b"]",
@@ -217,7 +220,8 @@ async def test_idempotency_key(client: Client, store: RedisStore, org: str) -> N
     url = f"/v1/orgs/{org}/cycles/c1/grades"
     rows = grades_rows(3, 3)
     first = await client.post(url, json=rows, headers={**h, "Idempotency-Key": "req-1"})
-    assert first.json()["created"] == 9 and not first.json()["replayed"]
+    assert first.json()["created"] == 9
+    assert not first.json()["replayed"]
     # someone else changes a grade; a retry of req-1 must not undo it
     await client.post(url, json=[{"kr_id": "k0", "grader_id": "g0", "grade": 0.99}], headers=h)
     again = await client.post(url, json=rows, headers={**h, "Idempotency-Key": "req-1"})
@@ -279,7 +283,8 @@ async def test_krs_upsert_and_get_with_evidence(
     assert r.json()["evidence"]["grade"] == pytest.approx(0.25)
     assert r.json()["outcome"]["is_output"] is True
     r = await client.get(f"{url}/k3", headers=h)
-    assert r.json()["evidence"] is None and r.json()["evidence_reason"]
+    assert r.json()["evidence"] is None
+    assert r.json()["evidence_reason"]
     assert (await client.get(f"{url}/nope", headers=h)).status_code == 404
     r = await client.get(url, headers=h)
     assert [k["kr"]["kr_id"] for k in r.json()["items"]] == ["k1", "k2", "k3"]
@@ -304,7 +309,9 @@ async def test_krs_bad_rows(client: Client, store: RedisStore, org: str) -> None
     rows = {e["row"] for e in r.json()["errors"]}
     assert rows == {1, 2, 3, 4, 5, 6}
     fields = {(e["row"], e["field"]) for e in r.json()["errors"]}
-    assert (1, "target") in fields and (2, "weight") in fields and (5, "colour") in fields
+    assert (1, "target") in fields
+    assert (2, "weight") in fields
+    assert (5, "colour") in fields
 
 
 async def test_bad_cycle_id(client: Client, store: RedisStore, org: str) -> None:
@@ -312,7 +319,8 @@ async def test_bad_cycle_id(client: Client, store: RedisStore, org: str) -> None
     r = await client.post(
         f"/v1/orgs/{org}/cycles/bad%20cycle/grades", json=grades_rows(1, 1), headers=h
     )
-    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "cycle"
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "cycle"
 
 
 async def test_unknown_scale(client: Client, store: RedisStore, org: str) -> None:
@@ -323,4 +331,5 @@ async def test_unknown_scale(client: Client, store: RedisStore, org: str) -> Non
         json=grades_rows(1, 1),
         headers=h,
     )
-    assert r.status_code == 400 and "unknown scale" in r.text
+    assert r.status_code == 400
+    assert "unknown scale" in r.text

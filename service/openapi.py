@@ -81,7 +81,9 @@ def bulk_body(kind: type | None, *, toml: bool = False) -> type[Operation]:
     body = RequestBody(content=content, required=True)
 
     class _BodyOperation(Operation):
-        def __post_init__(self) -> None:
+        # Operation's dataclass __init__ calls no __post_init__, so extend __init__.
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
             if self.request_body is None:
                 self.request_body = body
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "socket_path_for"]
 
@@ -102,12 +104,19 @@ class EmbeddedRedis:
         """True when this object started the server (and so stops it)."""
         return self._process is not None
 
+    def _client(self, timeout: float) -> redis.Redis:
+        # No retries: a refused connection means "not running", and SHUTDOWN closes
+        # the connection by design; retrying either only adds seconds of backoff.
+        return redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+
     def is_alive(self) -> bool:
         """True when a server answers on this directory's socket."""
         if not self.socket.exists():
             return False
         try:
-            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1.0) as client:
+            with self._client(1.0) as client:
                 return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
@@ -149,7 +158,7 @@ class EmbeddedRedis:
         if process is None or process.poll() is not None:
             return
         try:
-            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout) as client:
+            with self._client(timeout) as client:
                 client.shutdown(save=True)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             pass  # SHUTDOWN closes the connection instead of answering

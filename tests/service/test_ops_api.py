@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ async def test_redis_down_answers_503_then_recovers(tmp_path: Path, org: str) ->
                 run = (await c.get(f"{base}/calibrations/{run_id}", headers=h)).json()
                 if run["status"] == "done":
                     break
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
             assert run["status"] == "done"
     finally:
         server.stop()

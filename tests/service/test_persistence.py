@@ -40,13 +40,10 @@ async def test_everything_survives_a_restart(tmp_path: Path, org: str) -> None:
             ).is_success
             r = await c.post(f"/v1/orgs/{org}/keys", json={"scopes": ["hr:read"]}, headers=h)
             reader = {"Authorization": f"Bearer {r.json()['key']}"}
-            run_id = (
-                await c.post(f"{base}/calibrations", json={"model": "mean"}, headers=h)
-            ).json()["run_id"]
+            r = await c.post(f"{base}/calibrations", json={"model": "mean"}, headers=h)
+            run_url = f"{base}/calibrations/{r.json()['run_id']}"
             deadline = time.monotonic() + 30
-            while (await c.get(f"{base}/calibrations/{run_id}", headers=h)).json()[
-                "status"
-            ] != "done":
+            while (await c.get(run_url, headers=h)).json()["status"] != "done":
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             assert (await c.post(f"{run_url}/publish", headers=h)).is_success

@@ -5,7 +5,9 @@ calibration problem in one place::
 
     CalibrateError (ValueError)
     ├── InputError      a grade record or table that is invalid; names row and field
-    └── ModelError      a model specification that is invalid (bad confidence, ...)
+    ├── ModelError      a model specification that is invalid (bad confidence, ...)
+    └── BlockTooLargeError  the grading graph joins more graders into one block than
+                        the exact mixed-model path factorises
 
 They subclass ``ValueError`` so Python callers can treat them as bad input; the
 service maps them to 400 problem responses and the CLI to exit code 2.
@@ -14,7 +16,7 @@ An estimate that cannot be made is *not* an error: results carry ``None`` and a 
 
 from __future__ import annotations
 
-__all__ = ["CalibrateError", "InputError", "ModelError"]
+__all__ = ["BlockTooLargeError", "CalibrateError", "InputError", "ModelError"]
 
 
 class CalibrateError(ValueError):
@@ -38,3 +40,7 @@ class InputError(CalibrateError):
 
 class ModelError(CalibrateError):
     """An invalid model specification."""
+
+
+class BlockTooLargeError(CalibrateError):
+    """Too many graders linked into one block for the exact mixed-model path."""

@@ -32,7 +32,10 @@ import scipy.optimize
 import scipy.sparse
 import scipy.sparse.csgraph
 
+from calibrate.errors import BlockTooLargeError
+
 __all__ = [
+    "MAX_BLOCK",
     "CrossedData",
     "CrossedFit",
     "contrast_var_general",
@@ -46,6 +49,8 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+#: Largest connected group of graders the exact path factorises (dense, O(n^3) per step).
+MAX_BLOCK = 3000
 _LOG_BOUND = 12.0  # variance ratios in [e^-12, e^12] relative to the residual variance
 
 
@@ -266,6 +271,13 @@ def prepare_crossed(
         (np.ones(int(off.sum())), (trip_j[off], trip_k[off])), shape=(n_gr, n_gr)
     ).tocsr()
     _, comp = scipy.sparse.csgraph.connected_components(adj, directed=False)
+    largest = int(np.bincount(comp).max()) if n_gr else 0
+    if largest > MAX_BLOCK:
+        raise BlockTooLargeError(
+            f"{largest} graders form one connected group through shared KRs; the exact "
+            f"mixed-model path handles groups of up to {MAX_BLOCK}: calibrate "
+            "organisation units separately, or use the mean or zscore baseline."
+        )
     blocks = _make_blocks(comp.astype(np.int64), n_gr)
     trip_flat = blocks.flat(trip_j, trip_k)
     n_comp = int(comp.max()) + 1 if n_gr else 0

@@ -155,9 +155,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         _check_range("noise_range", self.noise_range, 0.0, 1.0)
 
 
-def _large(name: str, n_graders: int) -> SimConfig:
+def _large(name: str, n_graders: int, cross: float = 0.0) -> SimConfig:
     # About 20 KRs per manager, each graded three times (the manager plus two
-    # peers, one in twenty from another department): 16,500 graders give about
+    # peers from the same department by default): 16,500 graders give about
     # 330k KRs and 1M grades with a sparse, connected grader graph.
     return SimConfig(
         name=name,
@@ -166,7 +166,7 @@ def _large(name: str, n_graders: int) -> SimConfig:
         krs_per_owner=(3, 5),
         second_grader_share=1.0,
         extra_graders=2,
-        cross_department_share=0.05,
+        cross_department_share=cross,
     )
 
 
@@ -186,6 +186,8 @@ SCENARIOS: dict[str, SimConfig] = {
     "team_differences": SimConfig(name="team_differences", team_effect_sd=0.06),
     "large": _large("large", 16_500),
     "huge": _large("huge", 165_000),
+    # Peers from other departments join every department into one grader block.
+    "large_cross": _large("large_cross", 16_500, cross=0.05),
 }
 
 

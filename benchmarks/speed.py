@@ -241,7 +241,7 @@ def child_fit(args: argparse.Namespace) -> int:
 
 def child_pyfixest(args: argparse.Namespace) -> int:
     """Two-way fixed effects with grader-effect recovery: the peer job for part b."""
-    import pandas as pd  # type: ignore[import-untyped]
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
     import pyfixest as pf
 
     df = pd.read_csv(args.csv, dtype={"kr_id": str, "grader_id": str, "owner_id": str})
@@ -264,7 +264,7 @@ def child_mixedlm(args: argparse.Namespace) -> int:
     """statsmodels MixedLM with crossed random effects (variance components of one group)."""
     import warnings
 
-    import pandas as pd  # type: ignore[import-untyped]
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
     import statsmodels.formula.api as smf  # type: ignore[import-untyped]
 
     df = pd.read_csv(args.csv, dtype={"kr_id": str, "grader_id": str})

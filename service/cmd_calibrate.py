@@ -40,10 +40,7 @@ from typing import Final, TextIO
 
 import msgspec
 
-from anchors import ScaleError, grade_many, parse_scale
-from anchors.evidence import EvidenceProblem
-from anchors.outcome import check_outcome
-from anchors.scales import Scale
+from anchors import EvidenceProblem, Scale, ScaleError, check_outcome, grade_many, parse_scale
 from calibrate import (
     MODEL_NAMES,
     CalibrationFit,

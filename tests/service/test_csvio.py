@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anchors import parse_scale
+from service import csvio
 from service.csvio import (
     GRADES_SPEC,
     KRS_SPEC,
+    CsvColumns,
     CsvInputError,
     CsvSpec,
     build_grade_table,
@@ -305,3 +310,83 @@ def test_evidence_owners_and_weights_reach_the_table(tmp_path: Path) -> None:
     assert table.kr_weight.tolist() == [3.0, 1.0]
     assert np.isnan(table.evidence[0])
     assert table.evidence[1] == pytest.approx(70.0)
+
+
+# ------------------------------------------------------------------ the plain-CSV fast path
+
+
+def _outcome(read: Callable[[], CsvColumns]) -> object:
+    try:
+        cols = read()
+    except CsvInputError as exc:
+        return ("error", exc.row, exc.column, exc.problem)
+    return (cols.header, dict(cols.columns), cols.n_rows)
+
+
+def _both(tmp_path: Path, text: str) -> tuple[object, object]:
+    path = _write(tmp_path, text)
+    by_file = _outcome(lambda: read_csv_file(path, GRADES_SPEC, source="g")[0])
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        by_csv = _outcome(lambda: read_columns(fh, GRADES_SPEC, source="g"))
+    return by_file, by_csv
+
+
+_TRICKY = [
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25\nk3,g3,1\n",
+    "kr_id,grader_id,grade\r\nk1,g1,0.5\r\n\r\nk2,g2,0.25\r\n\r\n",
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25\n" + 'k3,"g,3",1\nk4,g4,0\n',
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25\n" + 'k3,"g\n3",1\nk4,g4,0\n',
+    "kr_id,grader_id,grade\nk1,g1,0.5\n   \nk2,g2,0.25\nk3,g3\nk4,g4,0\n",
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25,9\nk3,g3,1\n",
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25\nk3,g3,1\n,,\n,,\n\n",
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25\nk3,g3,1",
+    "kr_id,grader_id,grade\nk1,g1,0.5\nk2,g2\r0.25\nk3,g3,1\n",
+    '\n\nkr_id,grader_id,grade\nk1,g1,0.5\nk2,g2,0.25\nk3,"g3"x,1\n',
+]
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 23, 64, 1 << 20])
+@pytest.mark.parametrize("text", _TRICKY)
+def test_fast_path_agrees_with_the_csv_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, block: int
+) -> None:
+    monkeypatch.setattr(csvio, "_BLOCK", block)
+    by_file, by_csv = _both(tmp_path, text)
+    assert by_file == by_csv
+
+
+def test_malformed_quotes_after_plain_blocks_give_the_right_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csvio, "_BLOCK", 16)
+    text = "kr_id,grader_id,grade\n" + "k1,g1,0.5\n" * 10 + 'k3,"g3"x,1\n'
+    with pytest.raises(CsvInputError) as info:
+        read_csv_file(_write(tmp_path, text), GRADES_SPEC)
+    assert info.value.line == 12
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.sampled_from(["k", "g1", "0.5", "", " ", '"', ",", "\n", "\r\n", "x y"]),
+            min_size=0,
+            max_size=4,
+        )
+        .map("".join)
+        .map(lambda r: r + ",a,0.5"),
+        min_size=0,
+        max_size=12,
+    ),
+    ending=st.sampled_from(["", "\n", "\r\n", "\n\n"]),
+    block=st.integers(1, 40),
+)
+def test_fast_path_agrees_with_the_csv_module_on_random_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[str], ending: str, block: int
+) -> None:
+    monkeypatch.setattr(csvio, "_BLOCK", block)
+    text = "kr_id,grader_id,grade\n" + "\n".join(rows) + ending
+    by_file, by_csv = _both(tmp_path, text)
+    assert by_file == by_csv

@@ -25,7 +25,14 @@ from calibrate.models import (
     Model,
     ZScoreModel,
 )
-from calibrate.reml import CrossedData, CrossedFit, fit_crossed, fit_fixed, prepare_crossed
+from calibrate.reml import (
+    CrossedData,
+    CrossedFit,
+    _wsum,
+    fit_crossed,
+    fit_fixed,
+    prepare_crossed,
+)
 from calibrate.results import (
     MODEL_VERSION,
     CalibrationFit,
@@ -172,9 +179,9 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
     graph = _graph(t)
     match model:
         case MeanModel():
-            est = _fit_mean(t, graph, standardise=False)
+            est = _fit_mean(t, standardise=False)
         case ZScoreModel():
-            est = _fit_mean(t, graph, standardise=True)
+            est = _fit_mean(t, standardise=True)
         case FixedModel():
             est = _fit_mixed(t, graph, fixed=True)
         case AdditiveModel():
@@ -187,7 +194,7 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
 # --------------------------------------------------------------------------- baselines
 
 
-def _fit_mean(t: GradeTable, graph: _Graph, *, standardise: bool) -> _Estimates:
+def _fit_mean(t: GradeTable, *, standardise: bool) -> _Estimates:
     y = t.grade
     gi = t.grader_index
     m = np.bincount(gi, minlength=t.n_graders).astype(np.float64)
@@ -362,7 +369,6 @@ def _identifiable(t: GradeTable) -> bool:
 
 
 def _unidentified(t: GradeTable) -> _Estimates:
-    raw, _ = _raw_means(t)
     nan_g = np.full(t.n_graders, np.nan)
     nan_k = np.full(t.n_krs, np.nan)
     reason = (
@@ -377,8 +383,13 @@ def _unidentified(t: GradeTable) -> _Estimates:
         kr_se=nan_k,
         owner_value={},
         variance=VarianceComponents(
-            method="REML", kr=None, grader=None, residual=None, evidence=None,
-            grader_share=None, reason=reason,
+            method="REML",
+            kr=None,
+            grader=None,
+            residual=None,
+            evidence=None,
+            grader_share=None,
+            reason=reason,
         ),
         kr_reason=reason,
         warnings=(reason,),
@@ -435,8 +446,12 @@ def _mixed_estimates(
 
     if fixed:
         variance = VarianceComponents(
-            method="least squares (fixed effects)", kr=None, grader=None,
-            residual=_opt(fit.var_resid), evidence=None, grader_share=None,
+            method="least squares (fixed effects)",
+            kr=None,
+            grader=None,
+            residual=_opt(fit.var_resid),
+            evidence=None,
+            grader_share=None,
             reason="fixed effects do not estimate KR and grader variances",
         )
     else:
@@ -473,8 +488,7 @@ def _grade_fit_var(fit: CrossedFit) -> FloatArray:
     d = fit.data
     rows = np.arange(d.n_obs)
     # contrast x_k' beta + coef_k a_i + b_j: the KR part is scaled by coef_k
-    v_kr = _scaled_kr_contrast(fit, rows, d.X, d.kr, d.coef, d.gr)
-    return v_kr
+    return _scaled_kr_contrast(fit, rows, d.X, d.kr, d.coef, d.gr)
 
 
 def _scaled_kr_contrast(
@@ -501,11 +515,12 @@ def _owner_mixed(
         return {}
     pos = {o: i for i, o in enumerate(owner_names)}
     kr_rows = np.array([i for i, o in enumerate(t.kr_owner) if o is not None], dtype=np.int64)
-    row = np.array([pos[t.kr_owner[i]] for i in kr_rows], dtype=np.int64)  # type: ignore[index]
+    row = np.array([pos[o] for o in t.kr_owner if o is not None], dtype=np.int64)
     w = t.kr_weight[kr_rows]
     wsum = np.bincount(row, weights=w, minlength=len(owner_names))
-    var = _multi_kr_var(fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0),
-                        len(owner_names))
+    var = _multi_kr_var(
+        fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0), len(owner_names)
+    )
     vals = _clip(kr_value[kr_rows], t)
     est = np.bincount(row, weights=w * vals, minlength=len(owner_names))
     out = {}
@@ -556,9 +571,7 @@ def _fit_affine(t: GradeTable, graph: _Graph, model: AffineModel) -> _Estimates:
     linked = graph.grader_linked
     warnings = list(est.warnings)
     if not converged:
-        warnings.append(
-            f"grader scales did not settle within {model.max_iterations} iterations"
-        )
+        warnings.append(f"grader scales did not settle within {model.max_iterations} iterations")
     return _Estimates(
         leniency=est.leniency,
         leniency_se=est.leniency_se,
@@ -614,17 +627,15 @@ def _update_scales(
     s_k = scale[d.gr]
     meas = (d.y - mu - gamma - fit.b[d.gr]) / s_k
     prec = s_k * s_k / s2e
-    kr_prec = np.bincount(d.kr, weights=prec, minlength=d.n_kr)
-    kr_sum = np.bincount(d.kr, weights=prec * meas, minlength=d.n_kr)
+    kr_prec = _wsum(d.kr, prec, d.n_kr)
+    kr_sum = _wsum(d.kr, prec * meas, d.n_kr)
     if d.n_ev and fit.var_evidence:
         ev_prec = d.ev_mask / fit.var_evidence
         kr_prec = kr_prec + ev_prec
         kr_sum = kr_sum + ev_prec * (d.ev_value - mu) * d.ev_mask
     # leave this grade's grader out (all of that grader's grades of the KR)
     own_prec = np.bincount(d.pair_idx, weights=prec, minlength=d.pair_kr.shape[0])[d.pair_idx]
-    own_sum = np.bincount(d.pair_idx, weights=prec * meas, minlength=d.pair_kr.shape[0])[
-        d.pair_idx
-    ]
+    own_sum = np.bincount(d.pair_idx, weights=prec * meas, minlength=d.pair_kr.shape[0])[d.pair_idx]
     other_prec = kr_prec[d.kr] - own_prec
     other_sum = kr_sum[d.kr] - own_sum
     post_prec = other_prec + 1.0 / s2a
@@ -640,9 +651,7 @@ def _update_scales(
         mx = sx / sw
         my = sy / sw
         sxx = np.bincount(d.gr, weights=w * (a_tilde - mx[d.gr]) ** 2, minlength=n_gr)
-        sxy = np.bincount(
-            d.gr, weights=w * (a_tilde - mx[d.gr]) * (yk - my[d.gr]), minlength=n_gr
-        )
+        sxy = np.bincount(d.gr, weights=w * (a_tilde - mx[d.gr]) * (yk - my[d.gr]), minlength=n_gr)
         slope = sxy / sxx
         # residual variance of that regression: grader noise plus the slope times what
         # is still unknown about a_i
@@ -790,9 +799,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
                 std_error=se if se_ok else None,
                 ci_low=max(val - zc * se, t.scale.low) if se_ok else None,
                 ci_high=min(val + zc * se, t.scale.high) if se_ok else None,
-                reason=None if se_ok else (
-                    est.kr_reason or "every KR of this owner has weight 0"
-                ),
+                reason=None if se_ok else (est.kr_reason or "every KR of this owner has weight 0"),
             )
         )
 

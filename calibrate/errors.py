@@ -12,6 +12,9 @@ calibration problem in one place::
 They subclass ``ValueError`` so Python callers can treat them as bad input; the
 service maps them to 400 problem responses and the CLI to exit code 2.
 An estimate that cannot be made is *not* an error: results carry ``None`` and a reason.
+
+>>> str(InputError("grade 1.5 is outside [0, 1]", field="grade", row=3))
+"row 3, field 'grade': grade 1.5 is outside [0, 1]"
 """
 
 from __future__ import annotations

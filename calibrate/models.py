@@ -31,7 +31,9 @@ __all__ = [
 ]
 
 
-class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="name"):
+class _Spec(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="name"
+):
     """Settings shared by every model."""
 
     #: Two-sided coverage of every interval.
@@ -70,7 +72,7 @@ class MeanModel(_Spec, frozen=True, tag="mean"):
 
 
 class ZScoreModel(_Spec, frozen=True, tag="zscore"):
-    """Per-grader standardisation (the common HR baseline), mapped back to the pooled mean and SD."""
+    """Per-grader standardisation (the common HR baseline), back on the pooled mean and SD."""
 
 
 class FixedModel(_Spec, frozen=True, tag="fixed"):

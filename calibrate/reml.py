@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +48,21 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+
+def _wsum(index: npt.NDArray[np.integer[Any]], weights: npt.ArrayLike, n: int) -> FloatArray:
+    """Weighted ``np.bincount``: per-bin sums of ``weights``.
+
+    numpy's stubs type every bincount as integer; with weights it is float64, and
+    ``np.asarray`` says so without copying.
+    """
+    return np.asarray(np.bincount(index, weights=weights, minlength=n), dtype=np.float64)
+
+
+def _f64(a: npt.NDArray[np.floating[Any]]) -> FloatArray:
+    """The same array, typed float64 (numpy's linalg stubs say ``floating[Any]``); no copy."""
+    return np.asarray(a, dtype=np.float64)
+
 
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: Largest connected group of graders the exact path factorises (dense, O(n^3) per step).
@@ -79,7 +95,11 @@ class _Blocks:
     def views(self, buf: FloatArray) -> list[FloatArray]:
         out = []
         for b in range(len(self.bucket_size)):
-            s, n, off = int(self.bucket_size[b]), int(self.bucket_count[b]), int(self.bucket_offset[b])
+            s, n, off = (
+                int(self.bucket_size[b]),
+                int(self.bucket_count[b]),
+                int(self.bucket_offset[b]),
+            )
             out.append(buf[off : off + n * s * s].reshape(n, s, s))
         return out
 
@@ -181,8 +201,9 @@ def _make_blocks(comp: IntArray, n_gr: int) -> _Blocks:
     uniq = sorted(set(keys))
     bucket_of_key = {k: i for i, k in enumerate(uniq)}
     comp_bucket = np.array([bucket_of_key[k] for k in keys], dtype=np.int64)
-    bucket_size = np.array([_BUCKETS[k[0]] if k[0] < len(_BUCKETS) else k[1] for k in uniq],
-                           dtype=np.int64)
+    bucket_size = np.array(
+        [_BUCKETS[k[0]] if k[0] < len(_BUCKETS) else k[1] for k in uniq], dtype=np.int64
+    )
     bucket_count = np.bincount(comp_bucket, minlength=len(uniq)).astype(np.int64)
     comp_block = np.empty(n_comp, dtype=np.int64)
     for b in range(len(uniq)):
@@ -281,8 +302,10 @@ def prepare_crossed(
     blocks = _make_blocks(comp.astype(np.int64), n_gr)
     trip_flat = blocks.flat(trip_j, trip_k)
     n_comp = int(comp.max()) + 1 if n_gr else 0
-    comp_has_ev = np.bincount(comp[pair_gr], weights=ev_mask[pair_kr].astype(np.float64),
-                              minlength=n_comp) > 0
+    comp_has_ev = (
+        np.bincount(comp[pair_gr], weights=ev_mask[pair_kr].astype(np.float64), minlength=n_comp)
+        > 0
+    )
     comp_size = np.bincount(comp, minlength=n_comp)
     # all (j, k) pairs within components that carry no evidence
     cons_j_list, cons_k_list = [], []
@@ -297,7 +320,7 @@ def prepare_crossed(
     cons_k = np.concatenate(cons_k_list) if cons_k_list else np.zeros(0, dtype=np.int64)
 
     Xg = X
-    pair_w = np.bincount(pair_idx, weights=coef, minlength=n_pairs)
+    pair_w = _wsum(pair_idx, coef, n_pairs)
     return CrossedData(
         n_obs=n,
         n_ev=int(ev_mask.sum()),
@@ -314,7 +337,7 @@ def prepare_crossed(
         Xe=Xe,
         m=np.bincount(gr, minlength=n_gr).astype(np.float64),
         Hx=_cols(gr, Xg, n_gr),
-        Hy=np.bincount(gr, weights=y, minlength=n_gr),
+        Hy=_wsum(gr, y, n_gr),
         XtX=Xg.T @ Xg,
         Xty=Xg.T @ y,
         yty=float(y @ y),
@@ -330,9 +353,9 @@ def prepare_crossed(
         trip_flat=trip_flat,
         blocks=blocks,
         pair_w=pair_w,
-        kr_w2=np.bincount(kr, weights=coef * coef, minlength=n_kr),
+        kr_w2=_wsum(kr, coef * coef, n_kr),
         A_g=_cols(kr, coef[:, None] * X, n_kr),
-        ry_g=np.bincount(kr, weights=coef * y, minlength=n_kr),
+        ry_g=_wsum(kr, coef * y, n_kr),
         trip_w0=pair_w[trip_a] * pair_w[trip_b],
         Zw=scipy.sparse.csr_matrix((pair_w, (pair_gr, pair_kr)), shape=(n_gr, n_kr)),
         comp_has_ev=comp_has_ev,
@@ -382,7 +405,7 @@ def _evaluate_inv(
     bl = d.blocks
     # every triple adds -w_ij * w_ik / c_i to entry (j, k) of its grader block
     tw = d.trip_w0 * inv_c[d.trip_kr]
-    buf = -np.bincount(d.trip_flat, weights=tw, minlength=bl.total)
+    buf = -_wsum(d.trip_flat, tw, bl.total)
     buf[bl.diag_flat] += d.m + inv_tb
     if inv_tb == 0.0:
         # fixed grader effects: sum to zero within each part not tied to evidence
@@ -400,13 +423,13 @@ def _evaluate_inv(
     S_bb_beta_r = np.concatenate([S_bbeta, r_b[:, None]], 1)
     rhs_parts = bl.gather(S_bb_beta_r)
     logdet_S = 0.0
-    sol_parts = []
+    sol_parts: list[FloatArray] = []
     for arr, rhs in zip(parts, rhs_parts, strict=True):
         sign, ld = np.linalg.slogdet(arr)
         if np.any(sign <= 0):
             return math.inf if not keep else _fail()
         logdet_S += float(ld.sum())
-        sol_parts.append(np.linalg.solve(arr, rhs))
+        sol_parts.append(_f64(np.linalg.solve(arr, rhs)))
     sol = bl.scatter(sol_parts, d.p + 1, d.n_gr)
     H = sol[:, : d.p]
     sb_r = sol[:, d.p]
@@ -573,14 +596,16 @@ def _block_inverse(d: CrossedData, st: _State) -> FloatArray:
     return buf
 
 
-def _start(d: CrossedData) -> FloatArray:
-    """Moment-based starting ratios: split the grade variance evenly, evidence like grades."""
+def _start() -> FloatArray:
+    """Starting log ratios: KR and evidence variances equal to the residual, grader a quarter."""
     return np.array([0.0, math.log(0.25), 0.0])
 
 
-def fit_crossed(d: CrossedData, *, start: FloatArray | None = None, tol: float = 1e-10) -> CrossedFit:
+def fit_crossed(
+    d: CrossedData, *, start: FloatArray | None = None, tol: float = 1e-10
+) -> CrossedFit:
     """Minimise the profiled REML criterion and compute BLUPs with their error variances."""
-    x0 = _start(d) if start is None else np.asarray(start, dtype=np.float64)
+    x0 = _start() if start is None else np.asarray(start, dtype=np.float64)
     n_par = 3 if d.n_ev else 2
 
     nu = d.n_obs + d.n_ev - d.p
@@ -595,16 +620,25 @@ def fit_crossed(d: CrossedData, *, start: FloatArray | None = None, tol: float =
 
     bounds = [(-_LOG_BOUND, _LOG_BOUND)] * n_par
     res = scipy.optimize.minimize(
-        f, x0[:n_par], method="L-BFGS-B", bounds=bounds,
+        f,
+        x0[:n_par],
+        method="L-BFGS-B",
+        bounds=bounds,
         options={"ftol": tol, "gtol": 1e-7, "maxiter": 200},
     )
     x = res.x
     nu = d.n_obs + d.n_ev - d.p
     # polish: L-BFGS-B with numerical gradients can stop a little short of the optimum
-    res2 = scipy.optimize.minimize(
-        f, x, method="Nelder-Mead",
-        options={"xatol": 1e-7, "fatol": 1e-11, "maxiter": 400, "initial_simplex": None},
-    ) if d.n_obs <= 20000 else None
+    res2 = (
+        scipy.optimize.minimize(
+            f,
+            x,
+            method="Nelder-Mead",
+            options={"xatol": 1e-7, "fatol": 1e-11, "maxiter": 400, "initial_simplex": None},
+        )
+        if d.n_obs <= 20000
+        else None
+    )
     if res2 is not None and res2.fun < res.fun:
         x = np.clip(res2.x, -_LOG_BOUND, _LOG_BOUND)
     iterations = int(res.nit) + (int(res2.nit) if res2 is not None else 0)
@@ -615,7 +649,7 @@ def fit_crossed(d: CrossedData, *, start: FloatArray | None = None, tol: float =
     s2 = st.q / nu
     ta, tb = math.exp(full[0]), math.exp(full[1])
     td = math.exp(full[2]) if d.n_ev else None
-    Tinv = np.linalg.inv(st.T)
+    Tinv = _f64(np.linalg.inv(st.T))
     s_inv = _block_inverse(d, st)
     diag = s_inv[d.blocks.diag_flat]
     b_pev = (diag + np.einsum("ji,ik,jk->j", st.H, Tinv, st.H)) * s2
@@ -659,7 +693,7 @@ def fit_fixed(d: CrossedData) -> CrossedFit:
     s_inv = _block_inverse(d, st)
     # (L + 11')^-1 = L^+ + 11'/n^2 on each constrained part: remove the added term
     s_inv[d.cons_flat] -= 1.0 / (d.cons_n * d.cons_n)
-    Tinv = np.linalg.inv(st.T) if d.p else np.zeros((0, 0))
+    Tinv = _f64(np.linalg.inv(st.T)) if d.p else np.zeros((0, 0))
     diag = s_inv[d.blocks.diag_flat]
     b_pev = (diag + np.einsum("ji,ik,jk->j", st.H, Tinv, st.H)) * s2
     zb = np.bincount(d.pair_kr, weights=st.pair_w * st.b[d.pair_gr], minlength=d.n_kr)

@@ -27,9 +27,7 @@ __all__ = [
 #: Bumped whenever a model's numbers could change for the same input.
 MODEL_VERSION = "1.0.0"
 
-GraderFlag = Literal[
-    "lenient", "severe", "compressing", "expanding", "ok", "insufficient_data"
-]
+GraderFlag = Literal["lenient", "severe", "compressing", "expanding", "ok", "insufficient_data"]
 
 
 class GraderEffect(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,9 +167,7 @@ class CalibrationFit(msgspec.Struct, frozen=True, kw_only=True):
         counts: dict[str, int] = {}
         for g in self.graders:
             counts[g.flag] = counts.get(g.flag, 0) + 1
-        lines.append(
-            "graders: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
-        )
+        lines.append("graders: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
         for g in sorted(flagged, key=lambda g: -abs(g.leniency or 0.0))[:20]:
             extra = f", scale {g.scale:.2f}" if g.scale is not None else ""
             lines.append(

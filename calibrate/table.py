@@ -4,6 +4,15 @@ A :class:`GradeTable` is built once from records and never changes. It holds
 the grades as integer-coded arrays (KR index, grader index, value), the evidence
 grade of each KR on the input scale, owners and weights, and a hash of the
 canonical input so that any fit can be traced to exactly what it was given.
+
+>>> from anchors.scales import parse_scale
+>>> t = GradeTable.from_records(
+...     [GradeRecord(kr_id="k1", grader_id="ann", grade=0.7),
+...      GradeRecord(kr_id="k1", grader_id="bob", grade=0.5)],
+...     parse_scale("google"),
+... )
+>>> t.n_krs, t.n_graders
+(1, 2)
 """
 
 from __future__ import annotations
@@ -172,8 +181,19 @@ class GradeTable:
                         row=row,
                     )
                 owner_of[kr] = rec.owner_id
-        return cls._assemble(scale, kr_pos, grader_pos, kr_idx, gr_idx, vals, owner_of,
-                             evidence, owners, weights, cycles)
+        return cls._assemble(
+            scale,
+            kr_pos,
+            grader_pos,
+            kr_idx,
+            gr_idx,
+            vals,
+            owner_of,
+            evidence,
+            owners,
+            weights,
+            cycles,
+        )
 
     @classmethod
     def from_arrays(
@@ -197,13 +217,18 @@ class GradeTable:
         bad = ~np.isfinite(vals)
         if bad.any():
             row = int(np.argmax(bad)) + 1
-            raise InputError(f"grade {vals[row - 1]} is not a finite number", field="grade", row=row)
+            raise InputError(
+                f"grade {vals[row - 1]} is not a finite number", field="grade", row=row
+            )
         out = (vals < scale.low) | (vals > scale.high)
         if out.any():
             row = int(np.argmax(out)) + 1
             raise InputError(
                 f"grade {vals[row - 1]:g} is outside the {scale.name} scale "
-                f"[{scale.low:g}, {scale.high:g}]", field="grade", row=row)
+                f"[{scale.low:g}, {scale.high:g}]",
+                field="grade",
+                row=row,
+            )
         # dict-based coding: much faster than sorting 1M Python strings with numpy
         kr_map: dict[str, int] = {}
         gr_map: dict[str, int] = {}
@@ -220,9 +245,13 @@ class GradeTable:
             rows = np.flatnonzero(pair == dup)
             raise InputError(
                 f"grader {grader_ids[rows[1]]!r} graded KR {kr_ids[rows[1]]!r} twice in one "
-                f"cycle (first at row {rows[0] + 1})", field="grader_id", row=int(rows[1]) + 1)
-        return cls._assemble(scale, kr_map, gr_map, kr_idx, gr_idx, vals, {}, evidence, owners,
-                             weights, set())
+                f"cycle (first at row {rows[0] + 1})",
+                field="grader_id",
+                row=int(rows[1]) + 1,
+            )
+        return cls._assemble(
+            scale, kr_map, gr_map, kr_idx, gr_idx, vals, {}, evidence, owners, weights, set()
+        )
 
     @classmethod
     def _assemble(
@@ -257,10 +286,18 @@ class GradeTable:
             pos = kr_pos.get(kr)
             if pos is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise InputError(f"evidence grade for KR {kr!r} is not a finite number", field="evidence")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise InputError(
+                    f"evidence grade for KR {kr!r} is not a finite number", field="evidence"
+                )
             if not 0.0 <= value <= 1.0:
-                raise InputError(f"evidence grade {value} for KR {kr!r} is outside [0, 1]", field="evidence")
+                raise InputError(
+                    f"evidence grade {value} for KR {kr!r} is outside [0, 1]", field="evidence"
+                )
             ev[kr_remap[pos]] = scale.from_google(float(value))
 
         owner_list: list[str | None] = []
@@ -271,7 +308,8 @@ class GradeTable:
                 _check_id(given, "owner_id", None)
             if rec_owner is not None and given is not None and rec_owner != given:
                 raise InputError(
-                    f"KR {kr!r} has two owners: {rec_owner!r} and {given!r}", field="owner_id")
+                    f"KR {kr!r} has two owners: {rec_owner!r} and {given!r}", field="owner_id"
+                )
             owner_list.append(rec_owner if rec_owner is not None else given)
 
         w = np.ones(len(kr_names))
@@ -279,8 +317,15 @@ class GradeTable:
             pos = kr_pos.get(kr)
             if pos is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise InputError(f"weight for KR {kr!r} must be a finite number >= 0", field="weight")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise InputError(
+                    f"weight for KR {kr!r} must be a finite number >= 0", field="weight"
+                )
             w[kr_remap[pos]] = float(value)
 
         digest = hashlib.sha256()

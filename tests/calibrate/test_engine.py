@@ -38,8 +38,9 @@ def _need(path: Path) -> Path:
     return path
 
 
-def _load(path: Path, k: str, g: str, y: str) -> tuple[list[dict[str, str]], list[str], list[str],
-                                                       np.ndarray, np.ndarray, np.ndarray]:
+def _load(
+    path: Path, k: str, g: str, y: str
+) -> tuple[list[dict[str, str]], list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     ks = sorted({r[k] for r in rows})
@@ -102,16 +103,20 @@ def _kuhlisch_table() -> GradeTable:
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     return GradeTable.from_records(
-        [GradeRecord(kr_id=r["idpaper"], grader_id=r["idreviewer"], grade=float(r["score"]))
-         for r in rows],
+        [
+            GradeRecord(kr_id=r["idpaper"], grader_id=r["idreviewer"], grade=float(r["score"]))
+            for r in rows
+        ],
         parse_scale("1:7"),
     )
 
 
 def test_kuhlisch_fixed_effects_match_lm_through_the_model() -> None:
     fit = FixedModel().fit(_kuhlisch_table())
+    # fmt: off
     ref = [0.279, -0.510, -0.423, 0.978, -0.740, 1.112, 1.694, -0.076, 0.043, 0.054,
            -0.743, 0.470, 0.129, -1.105, -0.263, 1.236, -0.549, 0.613, -1.525, -0.672]
+    # fmt: on
     got = {g.grader_id: g.leniency for g in fit.graders}
     for i, value in enumerate(ref, start=1):
         assert got[str(i)] == pytest.approx(value, abs=5e-4)
@@ -132,13 +137,15 @@ def test_kuhlisch_fixed_effects_to_1e6_against_lm_solution() -> None:
     sol = np.linalg.lstsq(Xc, yc, rcond=None)[0]
     fit = FixedModel().fit(t)
     got = np.array([g.leniency for g in fit.graders], dtype=float)
-    assert np.max(np.abs(got - sol[t.n_krs:])) < 1e-6
+    assert np.max(np.abs(got - sol[t.n_krs :])) < 1e-6
 
 
 def test_kuhlisch_reml_matches_lme4() -> None:
     fit = AdditiveModel().fit(_kuhlisch_table())
     v = fit.variance
-    assert v.kr is not None and v.grader is not None and v.residual is not None
+    assert v.kr is not None
+    assert v.grader is not None
+    assert v.residual is not None
     assert _rel(v.kr, 1.3517899) < 1e-3
     assert _rel(v.grader, 0.1305714) < 1e-3
     assert _rel(v.residual, 1.2187353) < 1e-3
@@ -147,9 +154,16 @@ def test_kuhlisch_reml_matches_lme4() -> None:
 # ---------------------------------------------------------------- simulated organisation
 
 
-def _org(seed: int = 7, *, evidence: bool = True, shift: dict[int, float] | None = None,
-         n_gr: int = 40, n_kr: int = 900, scale: str = "google",
-         perm_seed: int | None = None) -> tuple[GradeTable, np.ndarray, np.ndarray]:
+def _org(
+    seed: int = 7,
+    *,
+    evidence: bool = True,
+    shift: dict[int, float] | None = None,
+    n_gr: int = 40,
+    n_kr: int = 900,
+    scale: str = "google",
+    perm_seed: int | None = None,
+) -> tuple[GradeTable, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     g1 = rng.integers(0, n_gr, n_kr)
     g2 = (g1 + rng.integers(1, 4, n_kr)) % n_gr
@@ -172,15 +186,18 @@ def _org(seed: int = 7, *, evidence: bool = True, shift: dict[int, float] | None
         perm = np.random.default_rng(perm_seed).permutation(kr.size)
         kr, gr, y = kr[perm], gr[perm], y[perm]
     table = GradeTable.from_arrays(
-        [f"k{i:04d}" for i in kr], [f"g{j:02d}" for j in gr], y,
-        parse_scale(scale), evidence=ev,
+        [f"k{i:04d}" for i in kr],
+        [f"g{j:02d}" for j in gr],
+        y,
+        parse_scale(scale),
+        evidence=ev,
         owners={f"k{i:04d}": f"o{i // 4:03d}" for i in range(n_kr)},
     )
     return table, truth, len_
 
 
 def test_recovers_lenient_and_severe_graders_and_beats_raw() -> None:
-    t, truth, len_ = _org()
+    t, truth, _ = _org()
     fit = AdditiveModel().fit(t)
     flags = {g.grader_id: g.flag for g in fit.graders}
     assert all(flags[f"g{j:02d}"] == "lenient" for j in range(6))
@@ -189,7 +206,9 @@ def test_recovers_lenient_and_severe_graders_and_beats_raw() -> None:
     idx = np.array([int(k.kr_id[1:]) for k in fit.krs])
     cal = np.array([k.calibrated_grade for k in fit.krs], dtype=float)
     raw = np.array([k.raw_grade for k in fit.krs])
-    assert np.sqrt(np.mean((cal - truth[idx]) ** 2)) < 0.6 * np.sqrt(np.mean((raw - truth[idx]) ** 2))
+    assert np.sqrt(np.mean((cal - truth[idx]) ** 2)) < 0.6 * np.sqrt(
+        np.mean((raw - truth[idx]) ** 2)
+    )
     lo = np.array([k.ci_low for k in fit.krs], dtype=float)
     hi = np.array([k.ci_high for k in fit.krs], dtype=float)
     cover = np.mean((lo <= truth[idx]) & (truth[idx] <= hi))
@@ -215,7 +234,8 @@ def test_shifting_a_grader_shifts_leniency_by_c_and_leaves_scores(c: float, j: i
     fa, fb = FixedModel().fit(base), FixedModel().fit(moved)
     la = fa.graders[j].leniency
     lb = fb.graders[j].leniency
-    assert la is not None and lb is not None
+    assert la is not None
+    assert lb is not None
     assert lb - la == pytest.approx(c, abs=1e-9)
     for ka, kb in zip(fa.krs, fb.krs, strict=True):
         assert kb.calibrated_grade == pytest.approx(ka.calibrated_grade, abs=1e-9)
@@ -226,7 +246,8 @@ def test_additive_shift_moves_leniency_by_about_c() -> None:
     moved, _, _ = _org(seed=5, shift={20: 0.3}, scale="-1:2")
     la = AdditiveModel().fit(base).graders[20].leniency
     lb = AdditiveModel().fit(moved).graders[20].leniency
-    assert la is not None and lb is not None
+    assert la is not None
+    assert lb is not None
     # shrinkage keeps it a little under c for a grader with about 30 grades
     assert 0.25 < lb - la <= 0.3 + 1e-6
 
@@ -236,11 +257,18 @@ def test_90_percent_interval_inside_95_percent() -> None:
     f90 = AdditiveModel(confidence=0.90).fit(t)
     f95 = AdditiveModel(confidence=0.95).fit(t)
     for a, b in zip(f90.krs, f95.krs, strict=True):
-        assert a.ci_low is not None and b.ci_low is not None
-        assert b.ci_low <= a.ci_low <= a.ci_high <= b.ci_high  # type: ignore[operator]
+        assert a.ci_low is not None
+        assert b.ci_low is not None
+        assert a.ci_high is not None
+        assert b.ci_high is not None
+        assert b.ci_low <= a.ci_low <= a.ci_high <= b.ci_high
     for ga, gb in zip(f90.graders, f95.graders, strict=True):
         if ga.ci_low is not None:
-            assert gb.ci_low <= ga.ci_low and ga.ci_high <= gb.ci_high  # type: ignore[operator]
+            assert ga.ci_high is not None
+            assert gb.ci_low is not None
+            assert gb.ci_high is not None
+            assert gb.ci_low <= ga.ci_low
+            assert ga.ci_high <= gb.ci_high
 
 
 def test_fit_is_deterministic_and_carries_spec_version_and_hash() -> None:
@@ -248,8 +276,10 @@ def test_fit_is_deterministic_and_carries_spec_version_and_hash() -> None:
     a = AffineModel().fit(t)
     b = AffineModel().fit(t)
     assert a == b
-    assert a.model == "affine" and a.model_spec["confidence"] == 0.9
-    assert a.input_hash == t.input_hash and a.model_version
+    assert a.model == "affine"
+    assert a.model_spec["confidence"] == 0.9
+    assert a.input_hash == t.input_hash
+    assert a.model_version
 
 
 def test_no_nan_crosses_the_boundary() -> None:
@@ -289,10 +319,13 @@ def test_compressing_grader_found_by_affine() -> None:
     m = truth.mean()
     y = m + scale[g1] * (truth - m) + rng.normal(0, 0.04, n_kr)
     y = np.clip(np.round(y / 0.05) * 0.05, 0, 1)
-    ev = {f"k{i}": float(np.clip(truth[i] + rng.normal(0, 0.05), 0, 1))
-          for i in np.flatnonzero(rng.random(n_kr) < 0.7)}
-    t = GradeTable.from_arrays([f"k{i}" for i in range(n_kr)], [f"g{j:02d}" for j in g1], y,
-                               GOOGLE, evidence=ev)
+    ev = {
+        f"k{i}": float(np.clip(truth[i] + rng.normal(0, 0.05), 0, 1))
+        for i in np.flatnonzero(rng.random(n_kr) < 0.7)
+    }
+    t = GradeTable.from_arrays(
+        [f"k{i}" for i in range(n_kr)], [f"g{j:02d}" for j in g1], y, GOOGLE, evidence=ev
+    )
     fit = AffineModel().fit(t)
     flags = {g.grader_id: g.flag for g in fit.graders}
     assert [flags[f"g{j:02d}"] for j in range(4)] == ["compressing"] * 4
@@ -307,20 +340,25 @@ def test_compressing_grader_found_by_affine() -> None:
 def test_grader_not_linked_gets_no_number() -> None:
     recs = [
         GradeRecord(kr_id=f"a{i}", grader_id=g, grade=0.5 + 0.05 * (i % 5))
-        for i in range(12) for g in ("x", "y")
+        for i in range(12)
+        for g in ("x", "y")
     ] + [GradeRecord(kr_id=f"b{i}", grader_id="lonely", grade=0.9) for i in range(8)]
     t = GradeTable.from_records(recs, GOOGLE)
     fit = AdditiveModel().fit(t)
     lonely = next(g for g in fit.graders if g.grader_id == "lonely")
-    assert lonely.leniency is None and lonely.std_error is None
-    assert lonely.flag == "insufficient_data" and lonely.reason and "not comparable" in lonely.reason
+    assert lonely.leniency is None
+    assert lonely.std_error is None
+    assert lonely.flag == "insufficient_data"
+    assert lonely.reason
+    assert "not comparable" in lonely.reason
     assert sum(c.is_reference for c in fit.components) == 1
     assert len(fit.components) == 2
 
 
 def test_nothing_linked_says_so() -> None:
-    recs = [GradeRecord(kr_id=f"k{i}", grader_id=f"g{i % 3}", grade=0.1 * (i % 10))
-            for i in range(30)]
+    recs = [
+        GradeRecord(kr_id=f"k{i}", grader_id=f"g{i % 3}", grade=0.1 * (i % 10)) for i in range(30)
+    ]
     fit = AdditiveModel().fit(GradeTable.from_records(recs, GOOGLE))
     assert all(k.calibrated_grade is None and k.reason for k in fit.krs)
     assert all(g.leniency is None for g in fit.graders)
@@ -339,7 +377,9 @@ def test_owner_achievement_has_interval() -> None:
     fit = AdditiveModel().fit(t)
     assert fit.owners
     for o in fit.owners:
-        assert o.achievement is not None and o.ci_low is not None and o.ci_high is not None
+        assert o.achievement is not None
+        assert o.ci_low is not None
+        assert o.ci_high is not None
         assert o.ci_low <= o.achievement <= o.ci_high
     del truth
 
@@ -356,26 +396,28 @@ def test_benjamini_hochberg_matches_definition() -> None:
 @pytest.mark.parametrize(
     ("record", "field"),
     [
-        (dict(kr_id="k", grader_id="g", grade=1.5), "grade"),
-        (dict(kr_id="k", grader_id="g", grade=float("nan")), "grade"),
-        (dict(kr_id="k", grader_id="g", grade=float("inf")), "grade"),
-        (dict(kr_id="", grader_id="g", grade=0.5), "kr_id"),
-        (dict(kr_id="k", grader_id=" ", grade=0.5), "grader_id"),
-        (dict(kr_id="k" * 201, grader_id="g", grade=0.5), "kr_id"),
+        ({"kr_id": "k", "grader_id": "g", "grade": 1.5}, "grade"),
+        ({"kr_id": "k", "grader_id": "g", "grade": float("nan")}, "grade"),
+        ({"kr_id": "k", "grader_id": "g", "grade": float("inf")}, "grade"),
+        ({"kr_id": "", "grader_id": "g", "grade": 0.5}, "kr_id"),
+        ({"kr_id": "k", "grader_id": " ", "grade": 0.5}, "grader_id"),
+        ({"kr_id": "k" * 201, "grader_id": "g", "grade": 0.5}, "kr_id"),
     ],
 )
 def test_grade_table_rejects(record: dict[str, object], field: str) -> None:
     with pytest.raises(InputError) as err:
         GradeTable.from_records([GradeRecord(**record)], GOOGLE)  # type: ignore[arg-type]
-    assert err.value.field == field and err.value.row == 1
+    assert err.value.field == field
+    assert err.value.row == 1
 
 
 def test_duplicate_pair_in_cycle_rejected_but_not_across_cycles() -> None:
     a = GradeRecord(kr_id="k", grader_id="g", grade=0.5, cycle="Q1")
     with pytest.raises(InputError, match="twice"):
         GradeTable.from_records([a, a], GOOGLE)
-    GradeTable.from_records([a, GradeRecord(kr_id="k", grader_id="g", grade=0.5, cycle="Q2")],
-                            GOOGLE)
+    GradeTable.from_records(
+        [a, GradeRecord(kr_id="k", grader_id="g", grade=0.5, cycle="Q2")], GOOGLE
+    )
     with pytest.raises(InputError, match="twice"):
         GradeTable.from_arrays(["k", "k"], ["g", "g"], [0.1, 0.2], GOOGLE)
 
@@ -385,8 +427,16 @@ def test_empty_table_rejected() -> None:
         GradeTable.from_records([], GOOGLE)
 
 
-@pytest.mark.parametrize("kw", [dict(confidence=1.0), dict(confidence=0.0), dict(fdr=0.0),
-                                dict(min_linked=0), dict(min_effect=-0.1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"confidence": 1.0},
+        {"confidence": 0.0},
+        {"fdr": 0.0},
+        {"min_linked": 0},
+        {"min_effect": -0.1},
+    ],
+)
 def test_model_spec_validation(kw: dict[str, float]) -> None:
     with pytest.raises(ModelError):
         AdditiveModel(**kw)  # type: ignore[arg-type]
@@ -398,7 +448,9 @@ def test_unknown_model_name() -> None:
 
 
 def test_core_has_no_io_imports() -> None:
-    code = ("import calibrate, calibrate.engine, anchors, sys; "
-            "print(sorted({'litestar','redis','service'} & set(sys.modules)))")
+    code = (
+        "import calibrate, calibrate.engine, anchors, sys; "
+        "print(sorted({'litestar','redis','service'} & set(sys.modules)))"
+    )
     out = subprocess.check_output([sys.executable, "-c", code])
     assert out.strip() == b"[]"

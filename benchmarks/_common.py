@@ -56,6 +56,8 @@ def machine() -> dict[str, str]:
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "scipy": scipy.__version__,
+        # Other work on the machine slows every timing; the load says how much there was.
+        "load average (1, 5, 15 min) at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
+import operator
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -45,11 +46,8 @@ from calibrate import (
     MODEL_NAMES,
     CalibrationFit,
     Component,
-    GraderEffect,
-    KRScore,
     Model,
     ModelError,
-    OwnerAchievement,
     UnexpectedGrade,
     VarianceComponents,
     model_from_name,
@@ -479,45 +477,38 @@ def _clip(text: str, n: int) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _num(x: float | None) -> str:
-    # float.__repr__ is the shortest text that reads back to the same float, and it
-    # also prints numpy float64 (a float subclass) as a plain number.
-    return "" if x is None else float.__repr__(float(x))
+# Columns by how their cells are written; every other column holds floats or None.
+_INT_COLUMNS: Final = frozenset({"n_grades", "n_linking", "component", "n_krs"})
+_TEXT_COLUMNS: Final = frozenset({"kr_id", "grader_id", "owner_id", "flag", "reason"})
+_NEEDS_QUOTES: Final = re.compile(r'[",\r\n]')
 
 
-def _text(x: str | None) -> str:
-    return "" if x is None else x
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
 
 
-def _score_row(s: KRScore) -> tuple[str, ...]:
-    return (
-        s.kr_id, str(s.n_grades), _num(s.raw_grade), _num(s.evidence_grade),
-        _num(s.calibrated_grade), _num(s.ci_low), _num(s.ci_high), _text(s.owner_id),
-        _num(s.std_error), _text(s.reason),
-    )  # fmt: skip
+def _column(items: Sequence[msgspec.Struct], name: str) -> list[str]:
+    """One output column as CSV cells, converted a column at a time for speed."""
+    values = list(map(operator.attrgetter(name), items))
+    if name in _INT_COLUMNS:
+        return [str(v) for v in values]
+    if name in _TEXT_COLUMNS:
+        cells = ["" if v is None else v for v in values]
+        if _NEEDS_QUOTES.search("".join(cells)):
+            cells = [_quote(c) for c in cells]
+        return cells
+    # repr() of a float is the shortest text that reads back to the same float; float()
+    # first so that a numpy float64 prints as a plain number.
+    return ["" if v is None else repr(float(v)) for v in values]
 
 
-def _grader_row(g: GraderEffect) -> tuple[str, ...]:
-    return (
-        g.grader_id, str(g.n_grades), _num(g.leniency), _num(g.std_error), _num(g.ci_low),
-        _num(g.ci_high), _num(g.scale), _num(g.q_value), g.flag, str(g.n_linking),
-        str(g.component), _num(g.z), _num(g.p_value), _num(g.scale_std_error),
-        _num(g.scale_q_value), _num(g.infit), _num(g.outfit), _text(g.reason),
-    )  # fmt: skip
-
-
-def _owner_row(o: OwnerAchievement) -> tuple[str, ...]:
-    return (
-        o.owner_id, str(o.n_krs), _num(o.achievement), _num(o.ci_low), _num(o.ci_high),
-        _num(o.std_error), _text(o.reason),
-    )  # fmt: skip
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct]) -> None:
+    columns = [_column(items, name) for name in header]
     with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+        fh.write(",".join(header) + "\n")
+        for start in range(0, len(items), 1 << 16):
+            rows = zip(*(c[start : start + (1 << 16)] for c in columns), strict=True)
+            fh.write("".join([",".join(r) + "\n" for r in rows]))
 
 
 def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> None:
@@ -526,9 +517,9 @@ def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> N
     staging = out.parent / f".{out.name}.okrcal-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        _write_csv(staging / "scores.csv", SCORES_COLUMNS, map(_score_row, fit.krs))
-        _write_csv(staging / "graders.csv", GRADERS_COLUMNS, map(_grader_row, fit.graders))
-        _write_csv(staging / "owners.csv", OWNERS_COLUMNS, map(_owner_row, fit.owners))
+        _write_csv(staging / "scores.csv", SCORES_COLUMNS, fit.krs)
+        _write_csv(staging / "graders.csv", GRADERS_COLUMNS, fit.graders)
+        _write_csv(staging / "owners.csv", OWNERS_COLUMNS, fit.owners)
         encoded = msgspec.json.format(msgspec.json.encode(report), indent=2)
         (staging / "fit.json").write_bytes(encoded + b"\n")
         _install(staging, out)

@@ -35,10 +35,10 @@ import itertools
 import math
 import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -506,23 +506,30 @@ def _owners_from_grades(cols: CsvColumns, kr_ids: list[str]) -> dict[str, str]:
     owner_col = cols.columns.get("owner_id")
     if owner_col is None:
         return {}
-    owners: dict[str, str] = {}
+    pairs = set(zip(kr_ids, owner_col, strict=True))
+    if "" in owner_col:
+        pairs = {p for p in pairs if p[1]}
+    owners = dict(pairs)
+    too_long = bool(owners) and max(map(len, owners.values())) > MAX_ID_LENGTH
+    if len(owners) == len(pairs) and not too_long:
+        return owners
+    # Some KR has two owners or some owner id is too long: find the first such row.
+    first: dict[str, tuple[str, int]] = {}
     for i, (kr, owner) in enumerate(zip(kr_ids, owner_col, strict=True)):
         if not owner:
             continue
-        prev = owners.setdefault(kr, owner)
-        if prev != owner:
-            first = next(j for j, k in enumerate(kr_ids) if k == kr and owner_col[j])
-            raise cols.error(
-                f"KR {kr!r} has owner {owner!r} here but {prev!r} at row {first + 1}",
-                row=i + 1,
-                column="owner_id",
-            )
         if len(owner) > MAX_ID_LENGTH:
             raise cols.error(
                 f"is longer than {MAX_ID_LENGTH} characters", row=i + 1, column="owner_id"
             )
-    return owners
+        prev, row = first.setdefault(kr, (owner, i + 1))
+        if prev != owner:
+            raise cols.error(
+                f"KR {kr!r} has owner {owner!r} here but {prev!r} at row {row}",
+                row=i + 1,
+                column="owner_id",
+            )
+    raise AssertionError("owner conflict not found")  # pragma: no cover
 
 
 def grades_from_columns(cols: CsvColumns) -> GradeColumns:
@@ -565,62 +572,95 @@ class KeyResultRows:
     row_of: dict[str, int] = field(default_factory=dict)
 
 
-def _optional_float(cols: CsvColumns, name: str, row: int, text: str) -> float | None:
-    if not text:
-        return None
+def _first(values: Iterable[object], bad: Callable[[Any], bool]) -> int:
+    """0-based index of the first value for which ``bad`` holds (one is known to exist)."""
+    return next(i for i, v in enumerate(values) if bad(v))
+
+
+def _optional_floats(cols: CsvColumns, name: str) -> list[float | None]:
+    """A numeric column: empty cells are None; text that is not a number is an error."""
+    values = cols.columns.get(name)
+    if values is None or not any(values):
+        return [None] * cols.n_rows
     try:
-        return float(text)
+        # "nan" stands in for empty cells only to keep the conversion in one numpy call
+        numbers = np.array([v or "nan" for v in values], dtype=np.float64).tolist()
     except ValueError:
-        raise cols.error(_not_a_number(text), row=row, column=name) from None
+        i = _first(values, lambda v: v != "" and not _is_float(v))
+        raise cols.error(_not_a_number(values[i]), row=i + 1, column=name) from None
+    return [x if v else None for v, x in zip(values, numbers, strict=True)]
 
 
-def _optional_count(cols: CsvColumns, name: str, row: int, text: str) -> int | None:
-    value = _optional_float(cols, name, row, text)
-    if value is None:
-        return None
-    if not math.isfinite(value) or value != int(value):
-        raise cols.error(f"{text!r} is not a whole number", row=row, column=name)
-    return int(value)
-
-
-_TRUE: Final = frozenset({"1", "true", "yes", "y", "done"})
-_FALSE: Final = frozenset({"0", "false", "no", "n", "not done"})
-
-
-def _optional_bool(cols: CsvColumns, name: str, row: int, text: str) -> bool | None:
-    if not text:
-        return None
-    low = text.lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
         return False
-    raise cols.error(f"{text!r} is not 1/0, true/false or yes/no", row=row, column=name)
+    return True
 
 
-def _choice(cols: CsvColumns, name: str, row: int, text: str, allowed: Sequence[str]) -> str | None:
-    if not text:
-        return None
-    low = text.lower()
-    if low not in allowed:
-        raise cols.error(f"{text!r} is not one of {', '.join(allowed)}", row=row, column=name)
-    return low
+def _optional_counts(cols: CsvColumns, name: str) -> list[int | None]:
+    numbers = _optional_floats(cols, name)
+    bad = [x is not None and not (math.isfinite(x) and x == int(x)) for x in numbers]
+    if any(bad):
+        i = bad.index(True)
+        text = cols.columns[name][i]
+        raise cols.error(f"{text!r} is not a whole number", row=i + 1, column=name)
+    return [None if x is None else int(x) for x in numbers]
 
 
-def _kr_type(cols: CsvColumns, row: int, text: str) -> KRType | None:
-    value = _choice(cols, "kr_type", row, text, KR_TYPES)
-    for t in KR_TYPES:
-        if t == value:
-            return t
-    return None
+_BOOLS: Final[dict[str, bool]] = {
+    **dict.fromkeys(("1", "true", "yes", "y", "done"), True),
+    **dict.fromkeys(("0", "false", "no", "n", "not done"), False),
+}
+_KR_TYPE_OF: Final[dict[str, KRType]] = {t: t for t in KR_TYPES}
+_DIRECTION_OF: Final[dict[str, Direction]] = {d: d for d in DIRECTIONS}
+_T = TypeVar("_T")
 
 
-def _direction(cols: CsvColumns, row: int, text: str) -> Direction | None:
-    value = _choice(cols, "direction", row, text, DIRECTIONS)
-    for d in DIRECTIONS:
-        if d == value:
-            return d
-    return None
+def _optional_choices(
+    cols: CsvColumns, name: str, allowed: Mapping[str, _T], expected: str
+) -> list[_T | None]:
+    values = cols.columns.get(name)
+    if values is None or not any(values):
+        return [None] * cols.n_rows
+    out = [allowed.get(v.lower()) for v in values]
+    if None in out:
+        for i, (v, x) in enumerate(zip(values, out, strict=True)):
+            if v and x is None:
+                raise cols.error(f"{v!r} is not {expected}", row=i + 1, column=name)
+    return out
+
+
+def _optional_texts(cols: CsvColumns, name: str, *, is_id: bool = False) -> list[str | None]:
+    values = cols.columns.get(name)
+    if values is None:
+        return [None] * cols.n_rows
+    if is_id and values and max(map(len, values)) > MAX_ID_LENGTH:
+        i = _first(values, lambda v: len(v) > MAX_ID_LENGTH)
+        raise cols.error(f"is longer than {MAX_ID_LENGTH} characters", row=i + 1, column=name)
+    return [v or None for v in values]
+
+
+def _kr_ids(cols: CsvColumns) -> list[str]:
+    ids = cols.columns["kr_id"]
+    if "" in ids:
+        i = ids.index("")
+        raise cols.error("is empty; every Key Result needs an id", row=i + 1, column="kr_id")
+    if max(map(len, ids)) > MAX_ID_LENGTH:
+        i = _first(ids, lambda v: len(v) > MAX_ID_LENGTH)
+        raise cols.error(f"is longer than {MAX_ID_LENGTH} characters", row=i + 1, column="kr_id")
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for i, kr_id in enumerate(ids):
+            if kr_id in seen:
+                raise cols.error(
+                    f"KR {kr_id!r} appears twice (first at row {seen[kr_id] + 1})",
+                    row=i + 1,
+                    column="kr_id",
+                )
+            seen[kr_id] = i
+    return ids
 
 
 def key_results_from_columns(cols: CsvColumns) -> KeyResultRows:
@@ -628,81 +668,76 @@ def key_results_from_columns(cols: CsvColumns) -> KeyResultRows:
 
     Errors (exit code 2 in the CLI): a cell that should be a number and is not, a
     count that is not whole, an unknown ``kr_type``/``direction``, a bad ``done``,
-    an empty or repeated ``kr_id``, an empty or over-long owner, a negative or
-    non-finite weight. Evidence that is a number but cannot be used is not an error
-    here: it becomes a per-KR problem, and the KR has no evidence grade.
+    an empty, over-long or repeated ``kr_id``, an over-long owner or org unit, a
+    negative or non-finite weight. Evidence that is a number but cannot be used is
+    not an error here: it becomes a per-KR problem, and the KR has no evidence grade.
+
+    Columns are checked one at a time, so with several bad cells the first one
+    reported is the first in the first bad column. Only KRs with some evidence
+    become :class:`~anchors.kr.KeyResult` objects: the anchors grade nothing else.
     """
-    c = cols.columns
-    empty = [""] * cols.n_rows
+    kr_ids = _kr_ids(cols)
+    owners = _optional_texts(cols, "owner_id", is_id=True)
+    units = _optional_texts(cols, "org_unit", is_id=True)
+    descriptions = _optional_texts(cols, "description")
+    numbers = {name: _optional_floats(cols, name) for name in _KR_NUMBERS}
+    counts = {name: _optional_counts(cols, name) for name in _KR_COUNTS}
+    done = _optional_choices(cols, "done", _BOOLS, "1/0, true/false or yes/no")
+    kr_types = _optional_choices(cols, "kr_type", _KR_TYPE_OF, "one of " + ", ".join(KR_TYPES))
+    directions = _optional_choices(
+        cols, "direction", _DIRECTION_OF, "one of " + ", ".join(DIRECTIONS)
+    )
+    weights = numbers["weight"]
+    bad_weight = [w is not None and not (math.isfinite(w) and w >= 0) for w in weights]
+    if any(bad_weight):
+        i = bad_weight.index(True)
+        raise cols.error(
+            f"{cols.columns['weight'][i]!r}: a weight must be a finite number >= 0",
+            row=i + 1,
+            column="weight",
+        )
 
-    def col(name: str) -> list[str]:
-        return c.get(name, empty)
-
-    kr_col = c["kr_id"]
-    number_cols = {name: col(name) for name in _KR_NUMBERS}
-    count_cols = {name: col(name) for name in _KR_COUNTS}
-    owner_col, type_col, done_col = col("owner_id"), col("kr_type"), col("done")
-    dir_col, desc_col, unit_col = col("direction"), col("description"), col("org_unit")
-
+    # Presence is read from the text: a 0 or a "no" is evidence too.
+    no_cells = [""] * cols.n_rows
+    evidence_columns = [cols.columns.get(name, no_cells) for name in EVIDENCE_FIELDS]
     key_results: list[KeyResult] = []
     problems: list[EvidenceProblem] = []
-    owners: dict[str, str] = {}
-    weights: dict[str, float] = {}
-    descriptions: dict[str, str] = {}
-    row_of: dict[str, int] = {}
-    for i, kr_id in enumerate(kr_col):
-        row = i + 1
-        if not kr_id:
-            raise cols.error("is empty; every Key Result needs an id", row=row, column="kr_id")
-        if kr_id in row_of:
-            raise cols.error(
-                f"KR {kr_id!r} appears twice (first at row {row_of[kr_id]})",
-                row=row,
-                column="kr_id",
-            )
-        row_of[kr_id] = row
-        nums = {name: _optional_float(cols, name, row, v[i]) for name, v in number_cols.items()}
-        counts = {name: _optional_count(cols, name, row, v[i]) for name, v in count_cols.items()}
-        weight = nums["weight"]
-        if weight is not None and not (math.isfinite(weight) and weight >= 0):
-            raise cols.error(
-                f"{col('weight')[i]!r}: a weight must be a finite number >= 0",
-                row=row,
-                column="weight",
-            )
-        owner = owner_col[i] or None
-        description = desc_col[i] or None
+    for i, has_evidence in enumerate(map(any, zip(*evidence_columns, strict=True))):
+        if not has_evidence:
+            continue
         try:
-            kr = KeyResult(
-                kr_id=kr_id,
-                owner_id=owner,
-                kr_type=_kr_type(cols, row, type_col[i]),
-                baseline=nums["baseline"],
-                target=nums["target"],
-                actual=nums["actual"],
-                milestones_done=counts["milestones_done"],
-                milestones_total=counts["milestones_total"],
-                done=_optional_bool(cols, "done", row, done_col[i]),
-                threshold=nums["threshold"],
-                tolerance=nums["tolerance"],
-                direction=_direction(cols, row, dir_col[i]),
-                description=description,
-                weight=weight,
-                org_unit=unit_col[i] or None,
+            key_results.append(
+                KeyResult(
+                    kr_id=kr_ids[i],
+                    owner_id=owners[i],
+                    kr_type=kr_types[i],
+                    baseline=numbers["baseline"][i],
+                    target=numbers["target"][i],
+                    actual=numbers["actual"][i],
+                    milestones_done=counts["milestones_done"][i],
+                    milestones_total=counts["milestones_total"][i],
+                    done=done[i],
+                    threshold=numbers["threshold"][i],
+                    tolerance=numbers["tolerance"][i],
+                    direction=directions[i],
+                    description=descriptions[i],
+                    weight=weights[i],
+                    org_unit=units[i],
+                )
             )
         except EvidenceError as exc:
             if exc.field not in EVIDENCE_FIELDS and exc.field != "tolerance":
-                raise cols.error(exc.problem, row=row, column=exc.field) from None
+                raise cols.error(exc.problem, row=i + 1, column=exc.field) from None
             problems.append(EvidenceProblem.from_error(exc))
-        else:
-            key_results.append(kr)
-        if owner is not None:
-            owners[kr_id] = owner
-        if weight is not None:
-            weights[kr_id] = weight
-        if description is not None:
-            descriptions[kr_id] = description
-    return KeyResultRows(cols, key_results, problems, owners, weights, descriptions, row_of)
+    return KeyResultRows(
+        source=cols,
+        key_results=key_results,
+        problems=problems,
+        owners={k: o for k, o in zip(kr_ids, owners, strict=True) if o is not None},
+        weights={k: w for k, w in zip(kr_ids, weights, strict=True) if w is not None},
+        descriptions={k: d for k, d in zip(kr_ids, descriptions, strict=True) if d is not None},
+        row_of=dict(zip(kr_ids, range(1, len(kr_ids) + 1), strict=True)),
+    )
 
 
 # --------------------------------------------------------------------------- the table

@@ -490,3 +490,15 @@ def test_numbers_round_trip_and_missing_values_are_empty_cells(
     assert [s["raw_grade"] for s in scores] == ["0.3", "0.7", "0.1", "0.9"]
     assert all(s["evidence_grade"] == "" for s in scores)
     assert {g["grader_id"]: g["n_grades"] for g in graders} == {"g1": "2", "g2": "2"}
+
+
+def test_ids_with_commas_quotes_and_newlines_survive_the_round_trip(tmp_path: Path) -> None:
+    odd = ["k,1", 'k "2"', "k\n3", "ünï cødé"]
+    rows = [(k, g, "0.5") for k in odd for g in ("g,1", "g2")]
+    grades = _write_csv(tmp_path / "g.csv", ["kr_id", "grader_id", "grade"], rows)
+    out = tmp_path / "out"
+    assert main(["calibrate", str(grades), "--model", "mean", "--out", str(out)]) == 0
+    _, scores = _read(out / "scores.csv")
+    _, graders = _read(out / "graders.csv")
+    assert [s["kr_id"] for s in scores] == sorted(odd)
+    assert [g["grader_id"] for g in graders] == ["g,1", "g2"]

@@ -239,18 +239,26 @@ def test_key_results_are_typed(tmp_path: Path) -> None:
         "k4,,,,,,,,,,,,just words,,\n"
     )
     rows = key_results_from_columns(read_csv_file(_write(tmp_path, text, "krs.csv"), KRS_SPEC)[0])
-    k1, k2, k3, k4 = rows.key_results
+    k1, k2, k3 = rows.key_results  # k4 has no evidence, so nothing to grade
     assert (k1.kr_type, k1.baseline, k1.target, k1.actual, k1.direction) == (
         "metric", 10.0, 20.0, 15.0, "increase",
     )  # fmt: skip
     assert (k2.kr_type, k2.milestones_done, k2.milestones_total) == ("milestone", 3, 4)
     assert k3.done is True
-    assert k4.has_evidence is False
     assert rows.owners == {"k1": "ann"}
     assert rows.weights == {"k1": 2.0}
     assert rows.descriptions == {"k1": "Raise NPS from 10 to 20", "k4": "just words"}
     assert rows.row_of == {"k1": 1, "k2": 2, "k3": 3, "k4": 4}
     assert rows.problems == []
+
+
+def test_zero_and_no_are_evidence(tmp_path: Path) -> None:
+    text = "kr_id,done,baseline,target,actual\nk1,no,,,\nk2,,0,10,0\nk3,,,,\n"
+    rows = key_results_from_columns(read_csv_file(_write(tmp_path, text, "krs.csv"), KRS_SPEC)[0])
+    assert [(k.kr_id, k.done, k.actual) for k in rows.key_results] == [
+        ("k1", False, None),
+        ("k2", None, 0.0),
+    ]
 
 
 @pytest.mark.parametrize(

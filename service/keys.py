@@ -6,7 +6,7 @@ so the Lua scripts that touch several of them stay legal on a cluster)::
     okrcal:{acme}:clock                        last change timestamp (µs), keeps them unique
     okrcal:{acme}:grades:2026Q3                hash "kr_id\\x1fgrader_id" -> grade (msgpack)
     okrcal:{acme}:grades:2026Q3:upd            zset pair -> change timestamp (µs)
-    okrcal:{acme}:grades:2026Q3:ver            hash pair -> version number
+    okrcal:{acme}:grades:2026Q3:ver            hash pair -> changes so far (version - 1)
     okrcal:{acme}:grades:2026Q3:hist           hash "pair\\x1fversion" -> "µs:old grade"
     okrcal:{acme}:krs:2026Q3 (+ :upd :ver :hist)   the same for Key Results
     okrcal:{acme}:cycle:2026Q3                 hash: scale of the cycle, lock state

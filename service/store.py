@@ -202,24 +202,40 @@ local t = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[5]) or '0')
 if t <= last then t = last end
 local created, updated, unchanged = 0, 0, 0
-for i = 5, #ARGV, 2 do
-  local f, v = ARGV[i], ARGV[i + 1]
-  local old = redis.call('HGET', KEYS[1], f)
-  if old == v then
-    unchanged = unchanged + 1
-  else
-    t = t + 1
-    if old then
-      local oldt = redis.call('ZSCORE', KEYS[2], f)
-      local ver = redis.call('HINCRBY', KEYS[3], f, 1)
-      redis.call('HSET', KEYS[4], f .. '\\31' .. (ver - 1), oldt .. ':' .. old)
-      updated = updated + 1
+local n = (#ARGV - 4) / 2
+-- Reads and writes go in chunks (HMGET, HSET, ZADD with many fields) rather than
+-- one call per row: the per-call overhead is most of a script's time.
+for first = 0, n - 1, 500 do
+  local last_row = math.min(first + 500, n) - 1
+  local fields = {}
+  for i = first, last_row do fields[#fields + 1] = ARGV[5 + 2 * i] end
+  local olds = redis.call('HMGET', KEYS[1], unpack(fields))
+  local hset, zadd = {}, {}
+  for j, f in ipairs(fields) do
+    local v = ARGV[6 + 2 * (first + j - 1)]
+    local old = olds[j]
+    if old == v then
+      unchanged = unchanged + 1
     else
-      redis.call('HSET', KEYS[3], f, 1)
-      created = created + 1
+      t = t + 1
+      if old then
+        -- versions counts changes, so the value being replaced was version n
+        local oldt = redis.call('ZSCORE', KEYS[2], f)
+        local changes = redis.call('HINCRBY', KEYS[3], f, 1)
+        redis.call('HSET', KEYS[4], f .. '\\31' .. changes, oldt .. ':' .. old)
+        updated = updated + 1
+      else
+        created = created + 1
+      end
+      hset[#hset + 1] = f
+      hset[#hset + 1] = v
+      zadd[#zadd + 1] = string.format('%.0f', t)
+      zadd[#zadd + 1] = f
     end
-    redis.call('HSET', KEYS[1], f, v)
-    redis.call('ZADD', KEYS[2], t, f)
+  end
+  if #hset > 0 then
+    redis.call('HSET', KEYS[1], unpack(hset))
+    redis.call('ZADD', KEYS[2], unpack(zadd))
   end
 end
 if created + updated > 0 then redis.call('SET', KEYS[5], string.format('%.0f', t)) end
@@ -448,7 +464,7 @@ class RedisStore:
             value, version, score = await pipe.execute()
         if value is None:
             return None
-        return Item(key=key, value=value, version=int(version or 1), updated_us=int(score or 0))
+        return Item(key=key, value=value, version=int(version or 0) + 1, updated_us=int(score or 0))
 
     async def item_history(self, org: str, cycle: str, kind: ItemKind, key: str) -> list[Item]:
         current = await self.get_item(org, cycle, kind, key)
@@ -484,7 +500,7 @@ class RedisStore:
             pipe.hmget(coll.versions, names)
             values, versions = await pipe.execute()
         return [
-            Item(key=_s(n), value=v, version=int(ver or 1), updated_us=int(score))
+            Item(key=_s(n), value=v, version=int(ver or 0) + 1, updated_us=int(score))
             for (n, score), v, ver in zip(pairs, values, versions, strict=True)
             if v is not None
         ]

@@ -158,7 +158,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 def _large(name: str, n_graders: int, cross: float = 0.0) -> SimConfig:
     # About 20 KRs per manager, each graded three times (the manager plus two
     # peers from the same department by default): 16,500 graders give about
-    # 330k KRs and 1M grades with a sparse, connected grader graph.
+    # 330k KRs and 1M grades. Departments then share no grader and are linked
+    # to each other only through the evidence; ``cross`` > 0 links them directly.
     return SimConfig(
         name=name,
         n_graders=n_graders,

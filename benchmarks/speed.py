@@ -39,6 +39,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -110,8 +111,20 @@ def _parse_time_v(text: str) -> tuple[float | None, int | None]:
     return wall, rss
 
 
-def timed(cmd: Sequence[str], timeout: float, cwd: Path | None = None) -> Run:
-    """Run ``cmd`` under ``/usr/bin/time -v``; kill its whole process group on timeout."""
+def timed(
+    cmd: Sequence[str], timeout: float, cwd: Path | None = None, max_bytes: int | None = None
+) -> Run:
+    """Run ``cmd`` under ``/usr/bin/time -v``; kill its whole process group on timeout.
+
+    ``max_bytes`` caps the address space (RLIMIT_AS), so a job that would exhaust the
+    machine's memory fails with MemoryError instead of waking the OOM killer, which
+    might pick someone else's process.
+    """
+
+    def limit() -> None:
+        if max_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         full = ["/usr/bin/time", "-v", "-o", tf.name, *cmd]
         proc = subprocess.Popen(
@@ -121,6 +134,7 @@ def timed(cmd: Sequence[str], timeout: float, cwd: Path | None = None) -> Run:
             text=True,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=limit,
         )
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -480,11 +494,12 @@ def part_c(work: Path, sizes: Sequence[int], timeout: float) -> list[str]:
     return out
 
 
-def part_d(timeout: float) -> list[str]:
+def part_d(timeout: float, max_gib: float) -> list[str]:
     """10M grades: simulate, build, fit once; peak RSS."""
     out = ["### d. ~10M grades (`huge` scenario)", ""]
     cmd = [PY, str(HERE), "_fit", "--scenario", "huge", "--reps", "1"]
-    run = timed(cmd, timeout)
+    run = timed(cmd, timeout, max_bytes=int(max_gib * 2**30))
+    out.append(f"- address space capped at {max_gib:g} GiB (RLIMIT_AS)")
     if not run.ok:
         return [*out, f"FAILED: {run.note} (process max RSS {_mib(run.max_rss_kib)})"]
     r = _json_line(run.stdout)
@@ -518,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="repetitions in parts a and b (default 3)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per process (default 600)")
+    p.add_argument(
+        "--max-gib", type=float, default=16.0, help="address-space cap of part d (default 16)"
+    )
     p.add_argument("--workdir", default="", help="scratch directory (default: a new temporary one)")
     args = p.parse_args(argv)
     if args.child == "_fit":
@@ -545,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif part == "c":
                 lines = part_c(work, args.sizes, args.timeout)
             else:
-                lines = part_d(args.timeout)
+                lines = part_d(args.timeout, args.max_gib)
             print(*lines, sep="\n")
             print(f"\n(part {part}: {time.perf_counter() - t:.0f} s)\n", flush=True)
     finally:

@@ -83,6 +83,7 @@ _kr_score_decoder = msgspec.msgpack.Decoder(KRScore)
 _grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
 
 _MAX_PAGE = 5000
+_NOTHING_PUBLISHED = "cycle {cycle!r} has no published run; pass ?run_id= to read another"
 Limit = Annotated[int, QueryParameter(ge=1, le=_MAX_PAGE, description="items per page")]
 Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
 UpdatedAfter = Annotated[
@@ -665,9 +666,7 @@ async def _resolve_run(
     published, locked = await store.published_run(org, cycle)
     if run_id is None:
         if published is None:
-            raise ProblemError(
-                404, f"cycle {cycle!r} has no published run; pass ?run_id= to read another"
-            )
+            raise ProblemError(404, _NOTHING_PUBLISHED.format(cycle=cycle))
         return published[0], published[1], "final" if locked else "published-provisional"
     if published is not None and published[0] == run_id:
         return published[0], published[1], "final" if locked else "published-provisional"
@@ -802,8 +801,16 @@ class ResultsController(Controller):
     ) -> OwnerOut:
         """One owner's achievement with interval and state."""
         _check_cycle(cycle)
-        rid, attempt, state = await _resolve_run(store, org, cycle, run_id)
-        raw = await store.result_item(org, cycle, rid, attempt, "owners", owner_id)
+        if run_id is None:
+            # the hot path: pointer, lock state and the owner in one round trip
+            published, locked, raw = await store.published_item(org, cycle, "owners", owner_id)
+            if published is None:
+                raise ProblemError(404, _NOTHING_PUBLISHED.format(cycle=cycle))
+            rid: str = published[0]
+            state: AchievementState = "final" if locked else "published-provisional"
+        else:
+            rid, attempt, state = await _resolve_run(store, org, cycle, run_id)
+            raw = await store.result_item(org, cycle, rid, attempt, "owners", owner_id)
         if raw is None:
             raise ProblemError(404, f"no owner {owner_id!r} in run {rid!r}")
         return _owner_out(raw, rid, state)

@@ -116,12 +116,16 @@ class OrgKeys:
     def runs(self, cycle: str) -> str:
         return f"{self.prefix}:runs:{cycle}"
 
+    def run_prefix(self, cycle: str) -> str:
+        """What every run key of ``cycle`` starts with (a script completes result keys from it)."""
+        return f"{self.prefix}:run:{cycle}:"
+
     def run(self, cycle: str, run_id: str) -> str:
-        return f"{self.prefix}:run:{cycle}:{run_id}"
+        return f"{self.run_prefix(cycle)}{run_id}"
 
     def run_part(self, cycle: str, run_id: str, attempt: int, part: str) -> str:
         """Result part (``fit``, ``owners``, ``krs``, ``graders``, ``<part>:ix``) of an attempt."""
-        return f"{self.prefix}:run:{cycle}:{run_id}:a{attempt}:{part}"
+        return f"{self.run_prefix(cycle)}{run_id}:a{attempt}:{part}"
 
     def published(self, cycle: str) -> str:
         return f"{self.prefix}:published:{cycle}"

@@ -149,6 +149,9 @@ class Store(Protocol):
     ) -> bool: ...
     async def publish_run(self, org: str, cycle: str, run_id: str) -> str: ...
     async def published_run(self, org: str, cycle: str) -> tuple[tuple[str, int] | None, bool]: ...
+    async def published_item(
+        self, org: str, cycle: str, part: ResultPart, key: str
+    ) -> tuple[tuple[str, int] | None, bool, bytes | None]: ...
     async def run_fit(self, org: str, cycle: str, run_id: str, attempt: int) -> bytes | None: ...
     async def result_item(
         self, org: str, cycle: str, run_id: str, attempt: int, part: ResultPart, key: str
@@ -295,6 +298,30 @@ redis.call('HSET', KEYS[1], 'r' .. rev, ARGV[1])
 return rev
 """
 
+# Authentication in one round trip: the key's record and this second's request
+# count. EXPIRE only on the first request of a second, so a busy key costs two calls.
+# KEYS: key record, rate counter (both in the {auth} slot)
+_AUTH = """
+local rec = redis.call('GET', KEYS[1])
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then redis.call('EXPIRE', KEYS[2], 2) end
+return {rec, n}
+"""
+
+# The hot read (one owner, one KR score of the published run) in one round trip:
+# the published pointer, the lock state, and the item of that run. The result key is
+# completed inside the script from the run prefix; it carries the same {org} tag as
+# KEYS, so it lives in the same cluster slot.
+# KEYS: published, cycle; ARGV: run key prefix, part, item key
+_READ_PUBLISHED = """
+local p = redis.call('GET', KEYS[1])
+local locked = redis.call('HGET', KEYS[2], 'locked')
+if not p then return {false, locked, false} end
+local sep = string.find(p, ':[^:]*$')
+local key = ARGV[1] .. string.sub(p, 1, sep - 1) .. ':a' .. string.sub(p, sep + 1) .. ':' .. ARGV[2]
+return {p, locked, redis.call('HGET', key, ARGV[3])}
+"""
+
 _record_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -326,6 +353,8 @@ class RedisStore:
         self._if_owner = template.register_script(_IF_OWNER)
         self._publish = template.register_script(_PUBLISH)
         self._put_catalogue = template.register_script(_PUT_CATALOGUE)
+        self._auth = template.register_script(_AUTH)
+        self._read_published = template.register_script(_READ_PUBLISHED)
 
     @property
     def redis(self) -> Any:
@@ -356,14 +385,9 @@ class RedisStore:
     # --- API keys -------------------------------------------------------------------------
 
     async def authenticate(self, key_hash: str, second: int) -> tuple[ApiKeyRecord | None, int]:
-        # One round trip: the record and this second's counter. The counter is keyed
-        # by the hash, not the key id, because the id is only known after the read.
-        counter = K.rate_counter(key_hash[:24], second)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(K.api_key(key_hash))
-            pipe.incr(counter)
-            pipe.expire(counter, 2)
-            raw, count, _ = await pipe.execute()
+        # The counter is keyed by the hash, not the key id: the id is known only after the read.
+        keys = [K.api_key(key_hash), K.rate_counter(key_hash[:24], second)]
+        raw, count = await self._auth(client=self.redis, keys=keys, args=[])
         return (_record_decoder.decode(raw) if raw else None), int(count)
 
     async def add_api_key(self, record: ApiKeyRecord) -> None:
@@ -613,6 +637,20 @@ class RedisStore:
             return None, bool(locked)
         run_id, _, attempt = _s(raw).rpartition(":")
         return (run_id, int(attempt)), bool(locked)
+
+    async def published_item(
+        self, org: str, cycle: str, part: ResultPart, key: str
+    ) -> tuple[tuple[str, int] | None, bool, bytes | None]:
+        okeys = K.OrgKeys(org)
+        pointer, locked, value = await self._read_published(
+            client=self.redis,
+            keys=[okeys.published(cycle), okeys.cycle(cycle)],
+            args=[okeys.run_prefix(cycle), part, key],
+        )
+        if pointer is None:
+            return None, bool(locked), None
+        run_id, _, attempt = _s(pointer).rpartition(":")
+        return (run_id, int(attempt)), bool(locked), value
 
     async def run_fit(self, org: str, cycle: str, run_id: str, attempt: int) -> bytes | None:
         raw: bytes | None = await self.redis.get(

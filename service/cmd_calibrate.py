@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import operator
 import os
 import re
@@ -272,6 +273,27 @@ def calibrate_to_dir(
     Raises :class:`UsageError` or :class:`~service.csvio.CsvInputError` for bad input
     (before anything is written) and :class:`OSError` when the results cannot be written.
     """
+    # A run makes millions of strings, rows and result structs and no garbage cycles
+    # worth collecting; without this the collector rescans them all, again and again.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _calibrate_to_dir(grades, krs, scale, model, settings, out, stdout, stderr)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _calibrate_to_dir(
+    grades: Path,
+    krs: Path | None,
+    scale: str,
+    model: str,
+    settings: dict[str, float | int],
+    out: Path,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> int:
     the_scale = _parse_scale(scale)
     spec = _parse_model(model, settings)
     _check_out_dir(out)

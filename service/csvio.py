@@ -506,12 +506,17 @@ def _owners_from_grades(cols: CsvColumns, kr_ids: list[str]) -> dict[str, str]:
     owner_col = cols.columns.get("owner_id")
     if owner_col is None:
         return {}
-    pairs = set(zip(kr_ids, owner_col, strict=True))
+    # Everything below runs at C speed: a dict of the last owner seen per KR, then one
+    # pass comparing every row's owner with it.
     if "" in owner_col:
-        pairs = {p for p in pairs if p[1]}
-    owners = dict(pairs)
+        krs_with = list(itertools.compress(kr_ids, owner_col))
+        owned = [o for o in owner_col if o]
+    else:
+        krs_with, owned = kr_ids, owner_col
+    owners = dict(zip(krs_with, owned, strict=True))
+    conflict = any(map(operator.ne, map(owners.__getitem__, krs_with), owned))
     too_long = bool(owners) and max(map(len, owners.values())) > MAX_ID_LENGTH
-    if len(owners) == len(pairs) and not too_long:
+    if not conflict and not too_long:
         return owners
     # Some KR has two owners or some owner id is too long: find the first such row.
     first: dict[str, tuple[str, int]] = {}

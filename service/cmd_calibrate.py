@@ -124,6 +124,13 @@ class EvidenceNote(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class EvidenceWarning(msgspec.Struct, frozen=True, kw_only=True):
+    """A remark on a KR's evidence grade that did not stop it (ignored fields, overshoot)."""
+
+    kr_id: str
+    message: str
+
+
 class OutcomeFlag(msgspec.Struct, frozen=True, kw_only=True):
     """A KR whose description reads as an activity (an output) rather than an outcome."""
 
@@ -164,6 +171,7 @@ class CalibrateReport(msgspec.Struct, frozen=True, kw_only=True):
     scale: Scale
     confidence: float
     inputs: tuple[InputFile, ...]
+    cycles: tuple[str, ...]
     n_grades: int
     n_krs: int
     n_graders: int
@@ -174,6 +182,7 @@ class CalibrateReport(msgspec.Struct, frozen=True, kw_only=True):
     diagnostics: Diagnostics
     warnings: tuple[str, ...]
     evidence_problems: tuple[EvidenceNote, ...]
+    evidence_warnings: tuple[EvidenceWarning, ...]
     outcome_flags: tuple[OutcomeFlag, ...]
 
 
@@ -304,6 +313,7 @@ def _calibrate_to_dir(
 
     warnings: list[str] = []
     notes: list[EvidenceNote] = []
+    evidence_warnings: list[EvidenceWarning] = []
     outcome_flags: list[OutcomeFlag] = []
     kr_rows: KeyResultRows | None = None
     evidence: dict[str, float] = {}
@@ -320,12 +330,27 @@ def _calibrate_to_dir(
             )
         found, problems = grade_many(k for k in kr_rows.key_results if k.kr_id in graded)
         evidence = {k: g.grade for k, g in found.items()}
+        evidence_warnings = [
+            EvidenceWarning(kr_id=k, message=text)
+            for k, g in sorted(found.items())
+            for text in g.warnings
+        ]
         notes = _evidence_notes(kr_rows, [*kr_rows.problems, *problems], graded)
         outcome_flags = _outcome_flags(kr_rows, graded)
 
     table = build_grade_table(grade_data, the_scale, evidence=evidence, krs=kr_rows)
     fit = spec.fit(table)
-    report = _report(fit, inputs, warnings, notes, outcome_flags, n_evidence=len(evidence))
+    report = _report(
+        fit,
+        the_scale,
+        inputs,
+        warnings,
+        notes,
+        evidence_warnings,
+        outcome_flags,
+        n_evidence=len(evidence),
+        cycles=sorted(set(grade_data.cycles or ()) - {""}),
+    )
     _write_outputs(out, fit, report)
 
     for note in notes[:_SHOWN]:
@@ -428,12 +453,15 @@ def _okrcal_version() -> str | None:
 
 def _report(
     fit: CalibrationFit,
+    scale: Scale,
     inputs: Sequence[InputFile],
     warnings: Sequence[str],
     notes: Sequence[EvidenceNote],
+    evidence_warnings: Sequence[EvidenceWarning],
     outcome_flags: Sequence[OutcomeFlag],
     *,
     n_evidence: int,
+    cycles: Sequence[str],
 ) -> CalibrateReport:
     counts: dict[str, int] = {}
     for g in fit.graders:
@@ -450,9 +478,10 @@ def _report(
         model_spec=fit.model_spec,
         model_version=fit.model_version,
         input_hash=fit.input_hash,
-        scale=parse_scale(fit.scale),
+        scale=scale,
         confidence=fit.confidence,
         inputs=tuple(inputs),
+        cycles=tuple(cycles),
         n_grades=fit.n_grades,
         n_krs=fit.n_krs,
         n_graders=fit.n_graders,
@@ -470,6 +499,7 @@ def _report(
         ),
         warnings=(*fit.warnings, *warnings),
         evidence_problems=tuple(notes),
+        evidence_warnings=tuple(evidence_warnings),
         outcome_flags=tuple(outcome_flags),
     )
 
@@ -534,7 +564,8 @@ def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct
 
 
 def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> None:
-    out = out.absolute()
+    # Through a symlink: replace the directory it points to, not the link.
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.okrcal-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()

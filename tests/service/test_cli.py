@@ -54,11 +54,13 @@ def _krs_rows() -> list[dict[str, str]]:
                 "target": "100",
                 "actual": f"{truth * 100:g}",
                 "description": f"Raise activation from 0% to 100% in market {i}",
+                "threshold": "",
             }
         )
     rows[3]["description"] = "Launch the new onboarding flow"
     rows[7]["description"] = "Complete the pricing migration"
     rows[5]["target"] = "0"  # target equal to baseline: bad evidence for kr05
+    rows[10]["threshold"] = "50"  # not used by a metric KR: a warning, the grade stands
     return rows
 
 
@@ -152,6 +154,10 @@ def test_calibrate_writes_the_four_files_and_flags_the_lenient_grader(
     assert report["diagnostics"]["flag_counts"]["lenient"] == 1
     [problem] = report["evidence_problems"]
     assert (problem["kr_id"], problem["field"], problem["row"]) == ("kr05", "target", 6)
+    [remark] = report["evidence_warnings"]
+    assert remark["kr_id"] == "kr10"
+    assert "threshold" in remark["message"]
+    assert report["cycles"] == []
     flagged = {f["kr_id"]: f for f in report["outcome_flags"]}
     assert set(flagged) == {"kr03", "kr07"}
     assert flagged["kr03"]["triggers"]
@@ -214,6 +220,7 @@ def test_cycles_allow_the_same_pair_twice(tmp_path: Path) -> None:
     assert main(["calibrate", str(grades), "--out", str(tmp_path / "o")]) == 0
     report = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert report["n_grades"] == len(rows)
+    assert report["cycles"] == ["2025Q1", "2025Q2"]
 
 
 def test_the_installed_console_script(tmp_path: Path, grades_csv: Path, krs_csv: Path) -> None:
@@ -502,3 +509,16 @@ def test_ids_with_commas_quotes_and_newlines_survive_the_round_trip(tmp_path: Pa
     _, graders = _read(out / "graders.csv")
     assert [s["kr_id"] for s in scores] == sorted(odd)
     assert [g["grader_id"] for g in graders] == ["g,1", "g2"]
+
+
+def test_a_symlinked_directory_is_replaced_behind_the_link(
+    tmp_path: Path, grades_csv: Path
+) -> None:
+    real = tmp_path / "real"
+    assert main(["calibrate", str(grades_csv), "--out", str(real)]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    assert main(["calibrate", str(grades_csv), "--model", "mean", "--out", str(link)]) == 0
+    assert link.is_symlink()
+    assert json.loads((real / "fit.json").read_text())["model"] == "mean"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grades.csv", "link", "real"]

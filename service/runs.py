@@ -16,14 +16,18 @@ Workers run inside the service process (``run_workers`` of them) or as separate
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import secrets
 import socket
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import anyio
 import msgspec
@@ -50,6 +54,7 @@ from service.store import ResultPart, Store
 __all__ = [
     "RunWorker",
     "build_table",
+    "compute_run",
     "encode_results",
     "fit_cycle",
     "load_org_catalogue",
@@ -181,6 +186,33 @@ def _done_fields(fit: CalibrationFit, attempt: int) -> dict[str, str]:
     }
 
 
+Computed = tuple[dict[str, str], bytes, dict[ResultPart, list[tuple[str, bytes]]]]
+
+
+def compute_run(
+    grades: Mapping[str, bytes],
+    krs: Mapping[str, bytes],
+    stored_scale: str,
+    model: str,
+    scale: str,
+    confidence: float,
+    catalogue: Catalogue,
+    attempt: int,
+) -> Computed:
+    """Fit and encode a run: everything CPU-bound, in one call that a process pool can run.
+
+    Returns the run's fields once done, the encoded overview and the per-item tables.
+    """
+    fit = fit_cycle(grades, krs, stored_scale, model, scale, confidence, catalogue)
+    overview, parts = encode_results(fit)
+    return _done_fields(fit, attempt), overview, parts
+
+
+def _warm_up() -> None:
+    """Import the numerical stack in a fresh fit process before the first run needs it."""
+    import calibrate.engine  # noqa: F401
+
+
 class RunWorker:
     """One consumer of the run stream. ``await worker.run(stop)`` until ``stop`` is set."""
 
@@ -190,10 +222,19 @@ class RunWorker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.lease = settings.run_lease_seconds
         self.processed = 0
+        self._executor: ProcessPoolExecutor | None = None
 
     async def run(self, stop: anyio.Event) -> None:
         """Take runs until ``stop``; survive Redis outages by waiting and trying again."""
+        try:
+            await self._loop(stop)
+        finally:
+            self._close_pool()
+
+    async def _loop(self, stop: anyio.Event) -> None:
         ready = False
+        if self.settings.fit_in_subprocess:
+            self._pool()  # start the fit process now, not on the first run
         while not stop.is_set():
             try:
                 if not ready:
@@ -258,21 +299,48 @@ class RunWorker:
         catalogue = await load_org_catalogue(self.store, org)
         if not grades:
             raise CalibrateError(f"cycle {cycle!r} has no grades")
-        fit = await anyio.to_thread.run_sync(
-            functools.partial(
-                fit_cycle,
-                grades,
-                krs,
-                stored_scale,
-                run["model"],
-                run.get("scale") or stored_scale,
-                float(run["confidence"]),
-                catalogue,
-            )
+        job = functools.partial(
+            compute_run,
+            grades,
+            krs,
+            stored_scale,
+            run["model"],
+            run.get("scale") or stored_scale,
+            float(run["confidence"]),
+            catalogue,
+            attempt,
         )
-        overview, parts = await anyio.to_thread.run_sync(encode_results, fit)
+        if self.settings.fit_in_subprocess:
+            fields, overview, parts = await self._in_subprocess(job)
+        else:
+            fields, overview, parts = await anyio.to_thread.run_sync(job)
         await self.store.save_results(org, cycle, run_id, attempt, overview, parts)
-        return _done_fields(fit, attempt)
+        return fields
+
+    async def _in_subprocess(self, job: functools.partial[Computed]) -> Computed:
+        # A fit holds the GIL for long stretches and can need a lot of memory: in a
+        # process of its own it neither stalls the event loop (HTTP latency) nor takes
+        # the service down if it is killed. A dead process fails this attempt only.
+        pool = self._pool()
+        try:
+            return await asyncio.wrap_future(pool.submit(job))
+        except BrokenProcessPool:
+            self._close_pool()
+            raise RuntimeError(
+                "the fit process died (killed, or out of memory) before finishing"
+            ) from None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # spawn, not fork: the parent runs an event loop and threads
+            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._executor.submit(_warm_up)
+        return self._executor
+
+    def _close_pool(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     async def _heartbeat(
         self, org: str, cycle: str, run_id: str, attempt: int, message_id: str

@@ -16,13 +16,14 @@ variable                  meaning                                     default
 ``OKRCAL_RATE_LIMIT``     requests per second per API key             ``20000``
 ``OKRCAL_RUN_LEASE``      seconds a worker holds a run between beats  ``30``
 ``OKRCAL_RUN_ATTEMPTS``   attempts before a run is marked failed      ``3``
+``OKRCAL_FIT_PROCESS``    fit in a child process (1) or a thread (0)  ``1``
 ========================  ==========================================  ==================
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_ttl_seconds: int = 24 * 3600
     #: Largest number of rows in one bulk upsert.
     max_bulk_rows: int = 10_000
+    #: Fit in a child process (isolated, off the GIL) rather than a thread of the service.
+    fit_in_subprocess: bool = True
 
     def __post_init__(self) -> None:
         checks = (
@@ -96,7 +99,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             try:
                 raw[name] = kind(value)
             except ValueError as exc:
-                raise SettingsError(f"{var}={value!r} is not a valid {kind.__name__}") from exc
+                name_of = getattr(kind, "__name__", "value")
+                raise SettingsError(f"{var}={value!r} is not a valid {name_of}") from exc
         raw.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return msgspec.convert(raw, cls)
@@ -104,7 +108,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(str(exc)) from exc
 
 
-_ENV_VARS: tuple[tuple[str, str, type], ...] = (
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+_flag.__name__ = "flag (1/0)"
+
+_ENV_VARS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("data_dir", "OKRCAL_DATA_DIR", str),
     ("host", "OKRCAL_HOST", str),
     ("port", "OKRCAL_PORT", int),
@@ -114,4 +129,5 @@ _ENV_VARS: tuple[tuple[str, str, type], ...] = (
     ("rate_limit", "OKRCAL_RATE_LIMIT", int),
     ("run_lease_seconds", "OKRCAL_RUN_LEASE", float),
     ("run_max_attempts", "OKRCAL_RUN_ATTEMPTS", int),
+    ("fit_in_subprocess", "OKRCAL_FIT_PROCESS", _flag),
 )

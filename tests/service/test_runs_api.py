@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -213,3 +215,14 @@ async def test_run_of_a_dead_worker_is_retried_or_failed(
     # acknowledged and removed: no worker will pick the run up again
     entries = await store.redis.xrange("okrcal:{queue}:runs")
     assert run_id.encode() not in {fields[b"run_id"] for _, fields in entries}
+
+
+async def test_a_killed_fit_process_fails_only_that_attempt(store: RedisStore) -> None:
+    worker = RunWorker(store, Settings(run_workers=0, fit_in_subprocess=True))
+    try:
+        with pytest.raises(RuntimeError, match="fit process died"):
+            await worker._in_subprocess(functools.partial(os._exit, 1))  # type: ignore[arg-type]
+        # the next run gets a fresh process
+        assert await worker._in_subprocess(functools.partial(divmod, 7, 2)) == (3, 1)  # type: ignore[arg-type]
+    finally:
+        worker._close_pool()

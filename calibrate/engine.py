@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse
 import scipy.sparse.csgraph
-import scipy.stats
+import scipy.special
+from threadpoolctl import threadpool_limits
 
 from calibrate.models import (
     AdditiveModel,
@@ -31,6 +32,8 @@ from calibrate.reml import (
     _wsum,
     fit_crossed,
     fit_fixed,
+    grade_fit_variance,
+    kr_variance,
     prepare_crossed,
 )
 from calibrate.results import (
@@ -140,7 +143,7 @@ def _graph(t: GradeTable) -> _Graph:
 
 
 def _z_crit(confidence: float) -> float:
-    return float(scipy.stats.norm.ppf(0.5 + confidence / 2.0))
+    return float(scipy.special.ndtri(0.5 + confidence / 2.0))
 
 
 def _opt(x: float) -> float | None:
@@ -175,7 +178,17 @@ class _Estimates:
 
 
 def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
-    """Fit ``model`` to ``t``. See the model classes for what each one assumes."""
+    """Fit ``model`` to ``t``. See the model classes for what each one assumes.
+
+    BLAS runs single-threaded inside a fit: the work is many small operations, where
+    threads cost more than they give, and one thread makes every result bit-for-bit
+    reproducible.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_model(model, t)
+
+
+def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
     graph = _graph(t)
     match model:
         case MeanModel():
@@ -423,14 +436,9 @@ def _mixed_estimates(
     z = np.where(linked, z, np.nan)
 
     # Calibrated KR grade: intercept + KR effect (what a grader with no leniency would give).
-    n_kr = t.n_krs
-    rows = np.arange(n_kr)
-    u_beta = np.zeros((n_kr, p))
-    if p:
-        u_beta[:, 0] = 1.0
     mu = float(fit.beta[0]) if p else 0.0
     kr_value = mu + fit.a
-    kr_var = fit.contrast_var(rows, u_beta, rows)
+    kr_var = kr_variance(fit)
     kr_se = np.sqrt(np.maximum(kr_var, 0.0))
 
     owners = _owner_mixed(t, fit, kr_value, mu)
@@ -440,7 +448,7 @@ def _mixed_estimates(
     fitted = d.X @ fit.beta + coef * fit.a[d.kr] + fit.b[d.gr]
     resid = d.y - fitted
     n = d.n_obs
-    rv = fit.var_resid - _grade_fit_var(fit)
+    rv = fit.var_resid - grade_fit_variance(fit)
     resid_var = np.maximum(rv, 1e-12 * fit.var_resid)
     del n
 
@@ -481,29 +489,6 @@ def _mixed_estimates(
         iterations=fit.iterations,
         warnings=tuple(warnings),
     )
-
-
-def _grade_fit_var(fit: CrossedFit) -> FloatArray:
-    """Per grade: prediction-error variance of its fitted value x'beta + s a_i + b_j."""
-    d = fit.data
-    rows = np.arange(d.n_obs)
-    # contrast x_k' beta + coef_k a_i + b_j: the KR part is scaled by coef_k
-    return _scaled_kr_contrast(fit, rows, d.X, d.kr, d.coef, d.gr)
-
-
-def _scaled_kr_contrast(
-    fit: CrossedFit,
-    rows: IntArray,
-    u_beta: FloatArray,
-    kr: IntArray,
-    kr_coef: FloatArray,
-    grader: IntArray,
-) -> FloatArray:
-    # Var(u'beta + s a_i + b_j) = s^2 Var(u/s ' beta + a_i + b_j / s); s > 0 for every grade
-    s = kr_coef
-    inner = fit.contrast_var(rows, u_beta / s[:, None], kr, grader, 1.0 / s)
-    out: FloatArray = inner * s * s
-    return out
 
 
 def _owner_mixed(
@@ -692,14 +677,14 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     testable = np.isfinite(est.z) & (graph.n_linking >= model.min_linked)
     if isinstance(model, MeanModel | ZScoreModel):
         testable = np.isfinite(est.z) & (m >= model.min_linked)
-    pvals = np.where(testable, 2.0 * scipy.stats.norm.sf(np.abs(np.nan_to_num(est.z))), np.nan)
+    pvals = np.where(testable, 2.0 * scipy.special.ndtr(-np.abs(np.nan_to_num(est.z))), np.nan)
     q = np.full(n_gr, np.nan)
     q[testable] = benjamini_hochberg(pvals[testable])
     sq = np.full(n_gr, np.nan)
     s_testable = np.zeros(n_gr, dtype=bool)
     if est.scale_z is not None:
         s_testable = testable & np.isfinite(est.scale_z)
-        sp = 2.0 * scipy.stats.norm.sf(np.abs(est.scale_z[s_testable]))
+        sp = 2.0 * scipy.special.ndtr(-np.abs(est.scale_z[s_testable]))
         sq[s_testable] = benjamini_hochberg(sp)
     min_scale = model.min_scale_effect if isinstance(model, AffineModel) else math.inf
 
@@ -759,28 +744,45 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         )
 
     raw, n_grades = _raw_means(t)
-    krs = []
-    for i, kid in enumerate(t.kr_ids):
-        ev = float(t.evidence[i])
-        val = float(est.kr_value[i])
-        se = float(est.kr_se[i])
-        ok = math.isfinite(val)
-        cal = min(max(val, t.scale.low), t.scale.high) if ok else None
-        se_ok = ok and math.isfinite(se)
-        krs.append(
-            KRScore(
-                kr_id=kid,
-                owner_id=t.kr_owner[i],
-                n_grades=int(n_grades[i]),
-                raw_grade=float(raw[i]),
-                evidence_grade=ev if math.isfinite(ev) else None,
-                calibrated_grade=cal,
-                std_error=se if se_ok else None,
-                ci_low=max(val - zc * se, t.scale.low) if se_ok else None,
-                ci_high=min(val + zc * se, t.scale.high) if se_ok else None,
-                reason=None if ok and se_ok else (est.kr_reason or "not estimable"),
-            )
+    # vectorised: a fit may hold hundreds of thousands of KRs
+    kval = est.kr_value
+    kse = est.kr_se
+    ok = np.isfinite(kval)
+    se_ok = ok & np.isfinite(kse)
+    cal = _nullable(np.clip(kval, t.scale.low, t.scale.high), ok)
+    se_l = _nullable(kse, se_ok)
+    lo_l = _nullable(np.maximum(kval - zc * kse, t.scale.low), se_ok)
+    hi_l = _nullable(np.minimum(kval + zc * kse, t.scale.high), se_ok)
+    ev_l = _nullable(t.evidence, np.isfinite(t.evidence))
+    why = est.kr_reason or "not estimable"
+    reason_l = [None if good else why for good in se_ok.tolist()]
+    krs = [
+        KRScore(
+            kr_id=kid,
+            owner_id=owner,
+            n_grades=ng,
+            raw_grade=rg,
+            evidence_grade=evg,
+            calibrated_grade=cg,
+            std_error=sev,
+            ci_low=lo,
+            ci_high=hi,
+            reason=rs,
         )
+        for kid, owner, ng, rg, evg, cg, sev, lo, hi, rs in zip(
+            t.kr_ids,
+            t.kr_owner,
+            n_grades.tolist(),
+            raw.tolist(),
+            ev_l,
+            cal,
+            se_l,
+            lo_l,
+            hi_l,
+            reason_l,
+            strict=True,
+        )
+    ]
 
     owners = []
     owner_counts: dict[str, int] = {}
@@ -788,18 +790,20 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         if o is not None:
             owner_counts[o] = owner_counts.get(o, 0) + 1
     for o in sorted(owner_counts):
-        val, se = est.owner_value.get(o, (math.nan, math.nan))
-        ok = math.isfinite(val)
-        se_ok = ok and math.isfinite(se)
+        o_val, o_se = est.owner_value.get(o, (math.nan, math.nan))
+        o_ok = math.isfinite(o_val)
+        o_se_ok = o_ok and math.isfinite(o_se)
         owners.append(
             OwnerAchievement(
                 owner_id=o,
                 n_krs=owner_counts[o],
-                achievement=val if ok else None,
-                std_error=se if se_ok else None,
-                ci_low=max(val - zc * se, t.scale.low) if se_ok else None,
-                ci_high=min(val + zc * se, t.scale.high) if se_ok else None,
-                reason=None if se_ok else (est.kr_reason or "every KR of this owner has weight 0"),
+                achievement=o_val if o_ok else None,
+                std_error=o_se if o_se_ok else None,
+                ci_low=max(o_val - zc * o_se, t.scale.low) if o_se_ok else None,
+                ci_high=min(o_val + zc * o_se, t.scale.high) if o_se_ok else None,
+                reason=None
+                if o_se_ok
+                else (est.kr_reason or "every KR of this owner has weight 0"),
             )
         )
 
@@ -846,6 +850,11 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         iterations=est.iterations,
         warnings=tuple(warnings),
     )
+
+
+def _nullable(values: FloatArray, mask: BoolArray) -> list[float | None]:
+    """Floats where ``mask`` holds, ``None`` elsewhere (never NaN across the boundary)."""
+    return [v if good else None for v, good in zip(values.tolist(), mask.tolist(), strict=True)]
 
 
 def _model_name(model: Model) -> str:

@@ -43,6 +43,8 @@ __all__ = [
     "contrast_var_multi",
     "fit_crossed",
     "fit_fixed",
+    "grade_fit_variance",
+    "kr_variance",
     "prepare_crossed",
 ]
 
@@ -67,7 +69,11 @@ def _f64(a: npt.NDArray[np.floating[Any]]) -> FloatArray:
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: Largest connected group of graders the exact path factorises (dense, O(n^3) per step).
 MAX_BLOCK = 3000
-_LOG_BOUND = 12.0  # variance ratios in [e^-12, e^12] relative to the residual variance
+_LOG_BOUND = 12.0
+#: Largest number of buffered entries (classes x block entries) for the class shortcut.
+_CLASS_BUDGET = 30_000_000
+#: Above this many grades, a subsample's REML estimates seed the full optimisation.
+_WARM_START_OVER = 150_000  # variance ratios in [e^-12, e^12] relative to the residual variance
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,12 @@ class CrossedData:
     comp_has_ev: npt.NDArray[np.bool_]  # per component: does any of its KRs have evidence
     cons_flat: IntArray  # block entries of components without evidence (fixed-effects constraint)
     cons_n: FloatArray  # size of the component of each cons_flat entry
+    # KRs whose c_i = kr_w2 + ev/td + 1/ta can only differ through kr_w2 and ev form
+    # classes; the off-diagonal block entries are then a few fixed buffers weighted by
+    # 1/c per class, so one evaluation costs O(block entries), not O(triples).
+    class_w2: FloatArray  # per class
+    class_ev: FloatArray  # per class (0 or 1)
+    class_buf: FloatArray | None  # classes x block entries, or None (use the triples)
 
 
 def _cols(index: IntArray, values: FloatArray, n: int) -> FloatArray:
@@ -321,6 +333,20 @@ def prepare_crossed(
 
     Xg = X
     pair_w = _wsum(pair_idx, coef, n_pairs)
+    kr_w2 = _wsum(kr, coef * coef, n_kr)
+    trip_w0 = pair_w[trip_a] * pair_w[trip_b]
+    class_key = np.stack([kr_w2, ev_mask.astype(np.float64)], 1)
+    ukeys, kr_class = np.unique(class_key, axis=0, return_inverse=True)
+    kr_class = kr_class.reshape(-1)
+    class_w2 = np.ascontiguousarray(ukeys[:, 0])
+    class_ev = np.ascontiguousarray(ukeys[:, 1])
+    class_buf: FloatArray | None = None
+    if ukeys.shape[0] * blocks.total <= _CLASS_BUDGET:
+        class_buf = np.zeros((ukeys.shape[0], blocks.total))
+        trip_class = kr_class[trip_kr]
+        for ci in range(int(ukeys.shape[0])):
+            sel = trip_class == ci
+            class_buf[ci] = _wsum(trip_flat[sel], trip_w0[sel], blocks.total)
     return CrossedData(
         n_obs=n,
         n_ev=int(ev_mask.sum()),
@@ -353,12 +379,15 @@ def prepare_crossed(
         trip_flat=trip_flat,
         blocks=blocks,
         pair_w=pair_w,
-        kr_w2=_wsum(kr, coef * coef, n_kr),
+        kr_w2=kr_w2,
         A_g=_cols(kr, coef[:, None] * X, n_kr),
         ry_g=_wsum(kr, coef * y, n_kr),
-        trip_w0=pair_w[trip_a] * pair_w[trip_b],
+        trip_w0=trip_w0,
         Zw=scipy.sparse.csr_matrix((pair_w, (pair_gr, pair_kr)), shape=(n_gr, n_kr)),
         comp_has_ev=comp_has_ev,
+        class_w2=class_w2,
+        class_ev=class_ev,
+        class_buf=class_buf,
         cons_flat=blocks.flat(cons_j.astype(np.int64), cons_k.astype(np.int64)),
         cons_n=comp_size[comp[cons_j]].astype(np.float64) if cons_j.size else np.zeros(0),
     )
@@ -375,7 +404,7 @@ class _State:
     A: FloatArray
     pair_w: FloatArray  # per pair: coupling coefficient
     S_parts: list[FloatArray]
-    Sinv_H_parts: list[FloatArray]  # S_bb^-1 [S_b,beta | r_b] per bucket
+    inv_parts: list[FloatArray]  # S_bb^-1 per bucket
     H: FloatArray  # S_bb^-1 S_b,beta (n_gr x p)
     sb_r: FloatArray  # S_bb^-1 r_b
     T: FloatArray
@@ -404,8 +433,12 @@ def _evaluate_inv(
     # S_bb = diag(m) + I/tb - sum_i w_ij w_ik / c_i, assembled block by block.
     bl = d.blocks
     # every triple adds -w_ij * w_ik / c_i to entry (j, k) of its grader block
-    tw = d.trip_w0 * inv_c[d.trip_kr]
-    buf = -_wsum(d.trip_flat, tw, bl.total)
+    if d.class_buf is not None:
+        inv_c_class = 1.0 / (d.class_w2 + d.class_ev / td + inv_ta)
+        buf = -(inv_c_class @ d.class_buf)
+    else:
+        tw = d.trip_w0 * inv_c[d.trip_kr]
+        buf = -_wsum(d.trip_flat, tw, bl.total)
     buf[bl.diag_flat] += d.m + inv_tb
     if inv_tb == 0.0:
         # fixed grader effects: sum to zero within each part not tied to evidence
@@ -424,12 +457,15 @@ def _evaluate_inv(
     rhs_parts = bl.gather(S_bb_beta_r)
     logdet_S = 0.0
     sol_parts: list[FloatArray] = []
+    inv_parts: list[FloatArray] = []
     for arr, rhs in zip(parts, rhs_parts, strict=True):
         sign, ld = np.linalg.slogdet(arr)
         if np.any(sign <= 0):
             return math.inf if not keep else _fail()
         logdet_S += float(ld.sum())
-        sol_parts.append(_f64(np.linalg.solve(arr, rhs)))
+        inv = _f64(np.linalg.inv(arr))
+        inv_parts.append(inv)
+        sol_parts.append(_f64(inv @ rhs))
     sol = bl.scatter(sol_parts, d.p + 1, d.n_gr)
     H = sol[:, : d.p]
     sb_r = sol[:, d.p]
@@ -456,7 +492,62 @@ def _evaluate_inv(
     dev = log_r0 + log_g0 + logdet_c + nu * math.log(q / nu) + nu * (1 + math.log(2 * math.pi))
     if not keep:
         return dev
-    return _State(dev, q, c, ry, A, pair_w, parts, sol_parts, H, sb_r, T, beta, b)
+    return _State(dev, q, c, ry, A, pair_w, parts, inv_parts, H, sb_r, T, beta, b)
+
+
+def _deviance_and_gradient(d: CrossedData, x: FloatArray) -> tuple[float, FloatArray]:
+    """Profiled REML deviance and its exact gradient in the log variance ratios.
+
+    With ``q = y'P0y`` and the traces of the inverse mixed-model matrix::
+
+        dD/dl_a = n_kr - tr(C^aa)/t_a - nu |a|^2 / (t_a q)
+        dD/dl_b = n_gr - tr(C^bb)/t_b - nu |b|^2 / (t_b q)
+        dD/dl_d = n_ev - tr(C^-1 We'We)/t_d - nu |e_ev|^2 / (t_d q)
+
+    Every trace comes from the block inverses: the KR part through the absorbed
+    form, ``Var(a_i) = 1/c_i + Q_i/c_i^2 + E_i' T^-1 E_i``.
+    """
+    ta, tb = math.exp(x[0]), math.exp(x[1])
+    td = math.exp(x[2]) if d.n_ev else 1.0
+    st = _evaluate_inv(d, 1.0 / ta, 1.0 / tb, td, keep=True)
+    assert isinstance(st, _State)
+    s_inv = _block_inverse(d, st)
+    c = st.c
+    Tinv = _f64(np.linalg.inv(st.T)) if d.p else np.zeros((0, 0))
+    tr_bb = float(s_inv[d.blocks.diag_flat].sum())
+    if d.p:
+        tr_bb += float(((st.H @ Tinv) * st.H).sum())
+    ev = d.ev_mask
+    if d.class_buf is not None:
+        qw = d.class_buf @ s_inv
+        c_class = d.class_w2 + d.class_ev / td + 1.0 / ta
+        q_all = float((qw / (c_class * c_class)).sum())
+        q_ev = float((d.class_ev * qw / (c_class * c_class)).sum())
+    else:
+        q_kr = _wsum(d.trip_kr, d.trip_w0 * s_inv[d.trip_flat], d.n_kr) / (c * c)
+        q_all = float(q_kr.sum())
+        q_ev = float(q_kr[ev].sum())
+    inv_c = 1.0 / c
+    tr_aa = float(inv_c.sum()) + q_all
+    tr_ev = float(inv_c[ev].sum()) + q_ev
+    zb = np.asarray(d.Zw.T @ st.b)
+    a = (st.ry - st.A @ st.beta - zb) * inv_c
+    if d.p:
+        HZ = np.asarray(d.Zw.T @ st.H)
+        E = (HZ - st.A) * inv_c[:, None]
+        tr_aa += float(((E @ Tinv) * E).sum())
+        Ee = d.Xe[ev] + E[ev]
+        tr_ev += float(((Ee @ Tinv) * Ee).sum())
+    nu = d.n_obs + d.n_ev - d.p
+    q = st.q
+    g = [
+        d.n_kr - tr_aa / ta - nu * float(a @ a) / (ta * q),
+        d.n_gr - tr_bb / tb - nu * float(st.b @ st.b) / (tb * q),
+    ]
+    if d.n_ev:
+        e_ev = d.ev_value[ev] - d.Xe[ev] @ st.beta - a[ev]
+        g.append(d.n_ev - tr_ev / td - nu * float(e_ev @ e_ev) / (td * q))
+    return st.deviance, np.array(g)
 
 
 def _fail() -> _State:
@@ -590,10 +681,38 @@ def _sinv_entries(fit: CrossedFit, j: IntArray, k: IntArray) -> FloatArray:
 def _block_inverse(d: CrossedData, st: _State) -> FloatArray:
     bl = d.blocks
     buf = np.empty(bl.total)
-    for b, arr in enumerate(st.S_parts):
+    for b, inv in enumerate(st.inv_parts):
         s, n, off = int(bl.bucket_size[b]), int(bl.bucket_count[b]), int(bl.bucket_offset[b])
-        buf[off : off + n * s * s] = np.linalg.inv(arr).reshape(-1)
+        buf[off : off + n * s * s] = inv.reshape(-1)
     return buf
+
+
+def _warm_start(d: CrossedData) -> FloatArray:
+    """REML on every m-th KR (all of their grades and evidence): a deterministic
+    subsample whose estimates start the full optimisation close to its optimum."""
+    m = math.ceil(d.n_obs / (_WARM_START_OVER / 2))
+    keep_kr = np.arange(d.n_kr) % m == 0
+    g_sel = keep_kr[d.kr]
+    kr_new = np.cumsum(keep_kr) - 1
+    gr_used = np.zeros(d.n_gr, dtype=bool)
+    gr_used[d.gr[g_sel]] = True
+    gr_new = np.cumsum(gr_used) - 1
+    sub = prepare_crossed(
+        d.y[g_sel],
+        kr_new[d.kr[g_sel]].astype(np.int64),
+        gr_new[d.gr[g_sel]].astype(np.int64),
+        int(keep_kr.sum()),
+        int(gr_used.sum()),
+        d.X[g_sel],
+        d.ev_mask[keep_kr],
+        d.ev_value[keep_kr],
+        d.Xe[keep_kr],
+        d.coef[g_sel],
+    )
+    fit = fit_crossed(sub, start=_start(), tol=1e-8)
+    s2 = fit.var_resid
+    ev = [math.log(fit.var_evidence / s2)] if fit.var_evidence else [0.0]
+    return np.array([math.log(fit.var_kr / s2), math.log(fit.var_grader / s2), *ev])
 
 
 def _start() -> FloatArray:
@@ -605,14 +724,27 @@ def fit_crossed(
     d: CrossedData, *, start: FloatArray | None = None, tol: float = 1e-10
 ) -> CrossedFit:
     """Minimise the profiled REML criterion and compute BLUPs with their error variances."""
-    x0 = _start() if start is None else np.asarray(start, dtype=np.float64)
     n_par = 3 if d.n_ev else 2
+    if start is not None:
+        x0 = np.asarray(start, dtype=np.float64)
+    elif d.n_obs > _WARM_START_OVER:
+        x0 = _warm_start(d)
+    else:
+        x0 = _start()
 
     nu = d.n_obs + d.n_ev - d.p
 
-    def f(x: FloatArray) -> float:
+    def f(x: FloatArray) -> tuple[float, FloatArray]:
         # per-observation deviance keeps gradients O(1) whatever the size of the data;
         # a failed evaluation is a large finite value so line searches back off
+        full = np.concatenate([x, [0.0] * (3 - n_par)])
+        try:
+            dev, grad = _deviance_and_gradient(d, full)
+        except np.linalg.LinAlgError:
+            return 1e10, np.zeros(n_par)
+        return dev / nu, grad[:n_par] / nu
+
+    def f_only(x: FloatArray) -> float:
         full = np.concatenate([x, [0.0] * (3 - n_par)])
         v = _evaluate(d, full)
         assert isinstance(v, float)
@@ -622,16 +754,17 @@ def fit_crossed(
     res = scipy.optimize.minimize(
         f,
         x0[:n_par],
+        jac=True,
         method="L-BFGS-B",
         bounds=bounds,
-        options={"ftol": tol, "gtol": 1e-7, "maxiter": 200},
+        options={"ftol": tol, "gtol": 1e-9, "maxiter": 200},
     )
     x = res.x
     nu = d.n_obs + d.n_ev - d.p
     # polish: L-BFGS-B with numerical gradients can stop a little short of the optimum
     res2 = (
         scipy.optimize.minimize(
-            f,
+            f_only,
             x,
             method="Nelder-Mead",
             options={"xatol": 1e-7, "fatol": 1e-11, "maxiter": 400, "initial_simplex": None},
@@ -717,3 +850,54 @@ def fit_fixed(d: CrossedData) -> CrossedFit:
         state=st,
         s_inv=s_inv,
     )
+
+
+def _pair_quadratics(fit: CrossedFit) -> tuple[FloatArray, FloatArray]:
+    """Per KR ``Q_i = w_i' Sinv w_i`` and per pair ``R_a = (Sinv w_i)_j`` over each KR's graders."""
+    d = fit.data
+    sv = fit.s_inv[d.trip_flat]
+    pw = fit.state.pair_w
+    q = _wsum(d.trip_kr, d.trip_w0 * sv, d.n_kr)
+    r = _wsum(d.trip_pa, pw[d.trip_pb] * sv, d.pair_kr.shape[0])
+    return q, r
+
+
+def kr_variance(fit: CrossedFit) -> FloatArray:
+    """Prediction-error variance of ``beta_0 + a_i`` for every KR (``a_i`` alone if p = 0).
+
+    With ``E_i = e_0 - A_i / c_i + (Z'H)_i / c_i``, the variance is
+    ``E' T^-1 E + Q_i / c_i^2 + 1 / c_i``, times the residual variance.
+    """
+    d, st = fit.data, fit.state
+    c = st.c
+    q, _ = _pair_quadratics(fit)
+    out = q / (c * c) + 1.0 / c
+    if d.p:
+        HZ = np.asarray(d.Zw.T @ st.H)
+        E = (HZ - st.A) / c[:, None]
+        E[:, 0] += 1.0
+        Tinv = _f64(np.linalg.inv(st.T))
+        out = out + ((E @ Tinv) * E).sum(1)
+    result: FloatArray = out * fit.var_resid
+    return result
+
+
+def grade_fit_variance(fit: CrossedFit) -> FloatArray:
+    """Prediction-error variance of each grade's fitted value ``x'beta + s a_i + b_j``.
+
+    The residual of grade k has variance ``sigma_e^2`` minus this (Henderson), which
+    standardises residuals for infit, outfit and unexpected grades.
+    """
+    d, st = fit.data, fit.state
+    c = st.c[d.kr]
+    s = d.coef
+    q, r = _pair_quadratics(fit)
+    sinv_jj = fit.s_inv[d.blocks.diag_flat][d.gr]
+    out = sinv_jj - 2.0 * (s / c) * r[d.pair_idx] + (s * s) * q[d.kr] / (c * c) + s * s / c
+    if d.p:
+        HZ = np.asarray(d.Zw.T @ st.H)
+        E = d.X - st.H[d.gr] + (s / c)[:, None] * (HZ[d.kr] - st.A[d.kr])
+        Tinv = _f64(np.linalg.inv(st.T))
+        out = out + ((E @ Tinv) * E).sum(1)
+    result: FloatArray = out * fit.var_resid
+    return result

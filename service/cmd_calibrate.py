@@ -45,6 +45,7 @@ import msgspec
 from anchors import EvidenceProblem, Scale, ScaleError, check_outcome, grade_many, parse_scale
 from calibrate import (
     MODEL_NAMES,
+    CalibrateError,
     CalibrationFit,
     Component,
     Model,
@@ -339,7 +340,13 @@ def _calibrate_to_dir(
         outcome_flags = _outcome_flags(kr_rows, graded)
 
     table = build_grade_table(grade_data, the_scale, evidence=evidence, krs=kr_rows)
-    fit = spec.fit(table)
+    try:
+        fit = spec.fit(table)
+    except CalibrateError as exc:
+        # valid grades the model cannot take (say, too many graders in one linked group)
+        raise CsvInputError(
+            str(grades), f"the {model} model cannot fit these grades: {exc}"
+        ) from None
     report = _report(
         fit,
         the_scale,

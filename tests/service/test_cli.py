@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from calibrate import CalibrateError
 from service.cli import main
 from service.cmd_calibrate import (
     GRADERS_COLUMNS,
@@ -522,3 +523,22 @@ def test_a_symlinked_directory_is_replaced_behind_the_link(
     assert link.is_symlink()
     assert json.loads((real / "fit.json").read_text())["model"] == "mean"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grades.csv", "link", "real"]
+
+
+def test_a_model_that_refuses_the_grades_exits_2_and_writes_nothing(
+    tmp_path: Path,
+    grades_csv: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import calibrate.engine
+
+    def refuse(*args: object) -> None:
+        raise CalibrateError("3001 graders form one connected group")
+
+    monkeypatch.setattr(calibrate.engine, "fit_model", refuse)
+    out = tmp_path / "out"
+    assert main(["calibrate", str(grades_csv), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "grades.csv: the additive model cannot fit these grades: 3001 graders" in err
+    assert not out.exists()

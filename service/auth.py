@@ -21,6 +21,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from service.keys import ORG_PATTERN
 from service.problems import ProblemError
 from service.schemas import SCOPES
 from service.settings import Settings
@@ -52,6 +53,8 @@ def new_api_key(
     >>> key.startswith("okr_") and record.key_hash == hash_key(key)
     True
     """
+    if not ORG_PATTERN.match(org):
+        raise ValueError(f"invalid organisation id {org!r}")
     wanted = list(dict.fromkeys(scopes))
     unknown = [s for s in wanted if s not in SCOPES]
     if unknown or not wanted:

@@ -108,14 +108,18 @@ def build_table(
     grader_ids: list[str] = []
     values = np.empty(len(grades), dtype=np.float64)
     owners: dict[str, str] = {}
+    conflicts: set[str] = set()
     for i, (pair, raw) in enumerate(grades.items()):
         kr_id, _, grader_id = pair.partition("\x1f")
         value = _grade_decoder.decode(raw)
         kr_ids.append(kr_id)
         grader_ids.append(grader_id)
         values[i] = value.grade
-        if value.owner_id is not None:
-            owners.setdefault(kr_id, value.owner_id)
+        if (
+            value.owner_id is not None
+            and owners.setdefault(kr_id, value.owner_id) != value.owner_id
+        ):
+            conflicts.add(kr_id)
     if scale != stored_scale:
         values = np.asarray(scale.from_google(stored_scale.to_google(values)), dtype=np.float64)
     evidence: dict[str, float] = {}
@@ -125,6 +129,7 @@ def build_table(
         kr = _kr_decoder.decode(raw)
         if kr.owner_id is not None:
             owners[kr_id] = kr.owner_id  # the KR's own record wins over a grade row's
+            conflicts.discard(kr_id)
         if kr.weight is not None:
             weights[kr_id] = kr.weight
         try:
@@ -134,6 +139,11 @@ def build_table(
             continue
         if graded is not None:
             evidence[kr_id] = graded.grade
+    warnings.extend(
+        f"KR {kr_id!r}: grade rows name different owners; {owners[kr_id]!r} was used "
+        "(send the KR with its owner_id to settle it)"
+        for kr_id in sorted(conflicts)
+    )
     table = GradeTable.from_arrays(
         kr_ids, grader_ids, values, scale, evidence=evidence, owners=owners, weights=weights
     )

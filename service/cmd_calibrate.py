@@ -66,9 +66,14 @@ from service.csvio import (
 )
 
 __all__ = [
+    "GRADERS_COLUMNS",
+    "MISFIT_BAND",
     "OUTPUT_FILES",
+    "OWNERS_COLUMNS",
+    "SCORES_COLUMNS",
     "CalibrateReport",
     "add_arguments",
+    "calibrate_to_dir",
     "run",
 ]
 

@@ -1,7 +1,7 @@
 """CSV input: grades and Key Results read into columns, with errors that name file, row and column.
 
-The CLI (``okrcal calibrate``) and the HTTP service's bulk upload read CSV the same
-way through this module:
+``okrcal calibrate`` reads its files through this module; :func:`read_columns` takes
+any iterable of lines, so that a CSV upload can be read by the same rules:
 
 * the first non-blank line is a header; names are matched without regard to case or
   surrounding spaces. A missing required column, an unknown column (so that a typo
@@ -18,9 +18,11 @@ blank lines: "row 1" is the first row under the header. When the input is a file
 message also gives the line of the file (counting the header), which is what an editor
 shows.
 
-Parsing is column-wise: the csv module's rows are transposed into one list of strings
-per column in chunks, and numbers are converted with one numpy call per column. A
-per-row Python loop runs only to locate the first bad cell once a column is known to
+Parsing is column-wise. A file is split with ``str.split`` in blocks for as long as
+the text is plain (no quotes, the same number of commas on every line); from the first
+block that is not, the csv module takes over and its rows are transposed into one list
+of strings per column in chunks. Numbers are converted with one numpy call per column.
+A per-row Python loop runs only to locate the first bad cell once a column is known to
 hold one.
 """
 

@@ -316,7 +316,10 @@ def _read_plain_blocks(fh: TextIO, cols: list[list[str]]) -> tuple[int, int, Ite
             raw, carry = data, ""
         else:
             return n_rows, n_lines, None
-        body = raw.replace("\r\n", "\n") if "\r" in raw else raw
+        # The cut fell on the "\n" of a final "\r\n": drop its "\r" as well.
+        body = raw[:-1] if block and raw.endswith("\r") else raw
+        if "\r" in body:
+            body = body.replace("\r\n", "\n")
         lines = body.split("\n")
         if '"' not in body and "\r" not in body:
             counts = set(map(count_commas, lines))

@@ -365,6 +365,23 @@ def test_fast_path_agrees_with_the_csv_module(
     assert by_file == by_csv
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("block", [5, 64, 1 << 20])
+def test_plain_files_stay_on_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, newline: str, block: int
+) -> None:
+    monkeypatch.setattr(csvio, "_BLOCK", block)
+    rows = [f"k{i},g{i % 3},0.{i % 10}" for i in range(40)]
+    path = _write(tmp_path, newline.join(rows) + newline + newline)
+    cols: list[list[str]] = [[], [], []]
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        n_rows, n_lines, rest = csvio._read_plain_blocks(fh, cols)
+    assert rest is None
+    assert (n_rows, n_lines) == (40, 41)
+    assert cols[0] == [f"k{i}" for i in range(40)]
+    assert cols[2][-1] == "0.9"
+
+
 def test_malformed_quotes_after_plain_blocks_give_the_right_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

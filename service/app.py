@@ -24,9 +24,9 @@ import anyio
 import msgspec
 from litestar import Controller, Litestar, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Dependency, Provide
 from litestar.openapi.config import OpenAPIConfig
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipValidationMarker
 
 from anchors import (
     Catalogue,
@@ -81,6 +81,11 @@ _kr_decoder = msgspec.msgpack.Decoder(KRIn)
 _owner_decoder = msgspec.msgpack.Decoder(OwnerAchievement)
 _kr_score_decoder = msgspec.msgpack.Decoder(KRScore)
 _grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
+
+# Injected by name from the app's own providers; skipping validation spares an
+# isinstance check against the runtime-checkable Protocol on every request.
+StoreDep = Annotated[Store, Dependency(kind="named"), SkipValidationMarker()]
+SettingsDep = Annotated[Settings, Dependency(kind="named"), SkipValidationMarker()]
 
 _MAX_PAGE = 5000
 _NOTHING_PUBLISHED = "cycle {cycle!r} has no published run; pass ?run_id= to read another"
@@ -286,7 +291,7 @@ class OpsController(Controller):
         return HealthOut(status="ok")
 
     @get("/readyz")
-    async def readyz(self, store: NamedDependency[Store]) -> Response[HealthOut]:
+    async def readyz(self, store: StoreDep) -> Response[HealthOut]:
         """Ready when Redis answers; 503 otherwise (the service reconnects by itself)."""
         try:
             await store.ping()
@@ -319,7 +324,7 @@ class AnchorsController(Controller):
     @get("/")
     async def current(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         revision: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> CatalogueOut:
@@ -334,7 +339,7 @@ class AnchorsController(Controller):
 
     @put("/", opt={SCOPE_OPT: "anchors:admin"}, operation_class=bulk_body(None, toml=True))
     async def replace(
-        self, request: Request[Any, Any, Any], store: NamedDependency[Store], org: FromPath[str]
+        self, request: Request[Any, Any, Any], store: StoreDep, org: FromPath[str]
     ) -> CatalogueOut:
         """Validate a TOML catalogue and make it the current revision."""
         body = await request.body()
@@ -363,8 +368,8 @@ class KRsController(Controller):
     async def upsert(
         self,
         request: Request[Any, Any, Any],
-        store: NamedDependency[Store],
-        settings: NamedDependency[Settings],
+        store: StoreDep,
+        settings: SettingsDep,
         org: FromPath[str],
         cycle: FromPath[str],
     ) -> UpsertResult:
@@ -384,7 +389,7 @@ class KRsController(Controller):
     @get("/", opt={SCOPE_OPT: "scores:read"})
     async def list_krs(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         limit: Limit = 1000,
@@ -405,7 +410,7 @@ class KRsController(Controller):
     @get("/{kr_id:str}", opt={SCOPE_OPT: "scores:read"})
     async def get_kr(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         kr_id: FromPath[str],
@@ -470,8 +475,8 @@ class GradesController(Controller):
     async def upsert(
         self,
         request: Request[Any, Any, Any],
-        store: NamedDependency[Store],
-        settings: NamedDependency[Settings],
+        store: StoreDep,
+        settings: SettingsDep,
         org: FromPath[str],
         cycle: FromPath[str],
         scale: Annotated[
@@ -505,7 +510,7 @@ class GradesController(Controller):
     @get("/", opt={SCOPE_OPT: "scores:read"})
     async def list_grades(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         limit: Limit = 1000,
@@ -538,7 +543,7 @@ class GradesController(Controller):
     @get("/history", opt={SCOPE_OPT: "scores:read"})
     async def history(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         kr_id: FromQuery[str],
@@ -573,7 +578,7 @@ class CalibrationsController(Controller):
     @post("/", opt={SCOPE_OPT: "calibration:run"}, status_code=202)
     async def start(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         data: JSONBody[RunIn],
@@ -609,7 +614,7 @@ class CalibrationsController(Controller):
     @get("/", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def list_runs(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         limit: Limit = 100,
@@ -624,7 +629,7 @@ class CalibrationsController(Controller):
     @get("/{run_id:str}", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def get_run(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         run_id: FromPath[str],
@@ -640,7 +645,7 @@ class CalibrationsController(Controller):
     @post("/{run_id:str}/publish", opt={SCOPE_OPT: "calibration:run"}, status_code=200)
     async def publish(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         run_id: FromPath[str],
@@ -719,7 +724,7 @@ class ResultsController(Controller):
     @get("/scores", opt={SCOPE_OPT: "scores:read"})
     async def scores(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         run_id: RunId = None,
@@ -733,7 +738,7 @@ class ResultsController(Controller):
     @get("/scores.csv", opt={SCOPE_OPT: "scores:read"}, media_type="text/csv")
     async def scores_csv(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         run_id: RunId = None,
@@ -763,7 +768,7 @@ class ResultsController(Controller):
     @get("/graders", opt={SCOPE_OPT: "scores:read"})
     async def graders(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         run_id: RunId = None,
@@ -777,7 +782,7 @@ class ResultsController(Controller):
     @get("/owners", opt={SCOPE_OPT: "hr:read"})
     async def owners(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         run_id: RunId = None,
@@ -793,7 +798,7 @@ class ResultsController(Controller):
     @get("/owners/{owner_id:str}", opt={SCOPE_OPT: "hr:read"})
     async def owner_achievement(
         self,
-        store: NamedDependency[Store],
+        store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
         owner_id: FromPath[str],
@@ -825,13 +830,13 @@ class KeysController(Controller):
     tags = ("api keys",)
 
     @get("/")
-    async def list_keys(self, store: NamedDependency[Store], org: FromPath[str]) -> list[ApiKeyOut]:
+    async def list_keys(self, store: StoreDep, org: FromPath[str]) -> list[ApiKeyOut]:
         """Every key of the organisation, revoked ones included (never the keys themselves)."""
         return [_key_out(r) for r in await store.list_api_keys(org)]
 
     @post("/", status_code=201)
     async def create_key(
-        self, store: NamedDependency[Store], org: FromPath[str], data: JSONBody[ApiKeyIn]
+        self, store: StoreDep, org: FromPath[str], data: JSONBody[ApiKeyIn]
     ) -> ApiKeyCreated:
         """A new key; the key is in this response only."""
         if data.name is not None:
@@ -848,7 +853,7 @@ class KeysController(Controller):
 
     @delete("/{key_id:str}", status_code=200)
     async def revoke_key(
-        self, store: NamedDependency[Store], org: FromPath[str], key_id: FromPath[str]
+        self, store: StoreDep, org: FromPath[str], key_id: FromPath[str]
     ) -> ApiKeyOut:
         """Revoke a key; it stops working at once."""
         record = await store.revoke_api_key(org, key_id, _now_us())

@@ -34,7 +34,9 @@ from calibrate.reml import (
     fit_fixed,
     grade_fit_variance,
     kr_variance,
+    log_ratios,
     prepare_crossed,
+    with_coef,
 )
 from calibrate.results import (
     MODEL_VERSION,
@@ -541,13 +543,14 @@ def _fit_affine(t: GradeTable, graph: _Graph, model: AffineModel) -> _Estimates:
     scale_z = np.full(n_gr, np.nan)
     converged = False
     iterations = fit.iterations
-    start = None
+    base = d
     for _ in range(model.max_iterations):
         new_scale, new_se, raw_z = _update_scales(t, fit, scale)
         delta = float(np.max(np.abs(new_scale - scale))) if n_gr else 0.0
         scale, scale_se, scale_z = new_scale, new_se, raw_z
-        d, _ = _design(t, coef=scale[t.grader_index])
-        fit = fit_crossed(d, start=start)
+        # same structure, new coefficients; start from the previous variance ratios
+        d = with_coef(base, scale[t.grader_index])
+        fit = fit_crossed(d, start=log_ratios(fit))
         iterations += fit.iterations
         if delta < 1e-4:
             converged = True

@@ -23,6 +23,7 @@ criterion in terms of them; Bates et al. (2015, lme4) for profiling.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,9 @@ __all__ = [
     "fit_fixed",
     "grade_fit_variance",
     "kr_variance",
+    "log_ratios",
     "prepare_crossed",
+    "with_coef",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -332,21 +335,24 @@ def prepare_crossed(
     cons_k = np.concatenate(cons_k_list) if cons_k_list else np.zeros(0, dtype=np.int64)
 
     Xg = X
-    pair_w = _wsum(pair_idx, coef, n_pairs)
-    kr_w2 = _wsum(kr, coef * coef, n_kr)
-    trip_w0 = pair_w[trip_a] * pair_w[trip_b]
-    class_key = np.stack([kr_w2, ev_mask.astype(np.float64)], 1)
-    ukeys, kr_class = np.unique(class_key, axis=0, return_inverse=True)
-    kr_class = kr_class.reshape(-1)
-    class_w2 = np.ascontiguousarray(ukeys[:, 0])
-    class_ev = np.ascontiguousarray(ukeys[:, 1])
-    class_buf: FloatArray | None = None
-    if ukeys.shape[0] * blocks.total <= _CLASS_BUDGET:
-        class_buf = np.zeros((ukeys.shape[0], blocks.total))
-        trip_class = kr_class[trip_kr]
-        for ci in range(int(ukeys.shape[0])):
-            sel = trip_class == ci
-            class_buf[ci] = _wsum(trip_flat[sel], trip_w0[sel], blocks.total)
+    cp = _coef_parts(
+        coef,
+        y,
+        X,
+        kr,
+        n_kr,
+        pair_idx.astype(np.int64),
+        n_pairs,
+        pair_gr,
+        pair_kr,
+        n_gr,
+        trip_a.astype(np.int64),
+        trip_b.astype(np.int64),
+        trip_kr,
+        trip_flat,
+        ev_mask,
+        blocks.total,
+    )
     return CrossedData(
         n_obs=n,
         n_ev=int(ev_mask.sum()),
@@ -354,7 +360,6 @@ def prepare_crossed(
         n_gr=n_gr,
         p=p,
         y=y,
-        coef=coef,
         kr=kr,
         gr=gr,
         X=Xg,
@@ -378,16 +383,8 @@ def prepare_crossed(
         trip_pb=trip_b.astype(np.int64),
         trip_flat=trip_flat,
         blocks=blocks,
-        pair_w=pair_w,
-        kr_w2=kr_w2,
-        A_g=_cols(kr, coef[:, None] * X, n_kr),
-        ry_g=_wsum(kr, coef * y, n_kr),
-        trip_w0=trip_w0,
-        Zw=scipy.sparse.csr_matrix((pair_w, (pair_gr, pair_kr)), shape=(n_gr, n_kr)),
+        **cp,
         comp_has_ev=comp_has_ev,
-        class_w2=class_w2,
-        class_ev=class_ev,
-        class_buf=class_buf,
         cons_flat=blocks.flat(cons_j.astype(np.int64), cons_k.astype(np.int64)),
         cons_n=comp_size[comp[cons_j]].astype(np.float64) if cons_j.size else np.zeros(0),
     )
@@ -687,6 +684,82 @@ def _block_inverse(d: CrossedData, st: _State) -> FloatArray:
     return buf
 
 
+def _coef_parts(
+    coef: FloatArray,
+    y: FloatArray,
+    X: FloatArray,
+    kr: IntArray,
+    n_kr: int,
+    pair_idx: IntArray,
+    n_pairs: int,
+    pair_gr: IntArray,
+    pair_kr: IntArray,
+    n_gr: int,
+    trip_a: IntArray,
+    trip_b: IntArray,
+    trip_kr: IntArray,
+    trip_flat: IntArray,
+    ev_mask: npt.NDArray[np.bool_],
+    total: int,
+) -> dict[str, Any]:
+    """The fields of :class:`CrossedData` that depend on the KR-effect coefficients."""
+    pair_w = _wsum(pair_idx, coef, n_pairs)
+    kr_w2 = _wsum(kr, coef * coef, n_kr)
+    trip_w0 = pair_w[trip_a] * pair_w[trip_b]
+    class_key = np.stack([kr_w2, ev_mask.astype(np.float64)], 1)
+    ukeys, kr_class = np.unique(class_key, axis=0, return_inverse=True)
+    kr_class = kr_class.reshape(-1)
+    class_buf: FloatArray | None = None
+    if ukeys.shape[0] * total <= _CLASS_BUDGET:
+        class_buf = np.zeros((ukeys.shape[0], total))
+        trip_class = kr_class[trip_kr]
+        for ci in range(int(ukeys.shape[0])):
+            sel = trip_class == ci
+            class_buf[ci] = _wsum(trip_flat[sel], trip_w0[sel], total)
+    return {
+        "coef": coef,
+        "pair_w": pair_w,
+        "kr_w2": kr_w2,
+        "A_g": _cols(kr, coef[:, None] * X, n_kr),
+        "ry_g": _wsum(kr, coef * y, n_kr),
+        "trip_w0": trip_w0,
+        "Zw": scipy.sparse.csr_matrix((pair_w, (pair_gr, pair_kr)), shape=(n_gr, n_kr)),
+        "class_w2": np.ascontiguousarray(ukeys[:, 0]),
+        "class_ev": np.ascontiguousarray(ukeys[:, 1]),
+        "class_buf": class_buf,
+    }
+
+
+def with_coef(d: CrossedData, coef: FloatArray) -> CrossedData:
+    """The same data with new KR-effect coefficients (one per grade), structure reused."""
+    cp = _coef_parts(
+        coef,
+        d.y,
+        d.X,
+        d.kr,
+        d.n_kr,
+        d.pair_idx,
+        d.pair_kr.shape[0],
+        d.pair_gr,
+        d.pair_kr,
+        d.n_gr,
+        d.trip_pa,
+        d.trip_pb,
+        d.trip_kr,
+        d.trip_flat,
+        d.ev_mask,
+        d.blocks.total,
+    )
+    return dataclasses.replace(d, **cp)
+
+
+def log_ratios(fit: CrossedFit) -> FloatArray:
+    """The fitted variance ratios on the optimiser's log scale (to start a related fit)."""
+    s2 = fit.var_resid
+    ev = [math.log(fit.var_evidence / s2)] if fit.var_evidence else [0.0]
+    return np.array([math.log(fit.var_kr / s2), math.log(fit.var_grader / s2), *ev])
+
+
 def _warm_start(d: CrossedData) -> FloatArray:
     """REML on every m-th KR (all of their grades and evidence): a deterministic
     subsample whose estimates start the full optimisation close to its optimum."""
@@ -709,10 +782,7 @@ def _warm_start(d: CrossedData) -> FloatArray:
         d.Xe[keep_kr],
         d.coef[g_sel],
     )
-    fit = fit_crossed(sub, start=_start(), tol=1e-8)
-    s2 = fit.var_resid
-    ev = [math.log(fit.var_evidence / s2)] if fit.var_evidence else [0.0]
-    return np.array([math.log(fit.var_kr / s2), math.log(fit.var_grader / s2), *ev])
+    return log_ratios(fit_crossed(sub, start=_start(), tol=1e-8))
 
 
 def _start() -> FloatArray:

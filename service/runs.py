@@ -47,6 +47,7 @@ from anchors import (
     parse_scale,
 )
 from calibrate import CalibrateError, CalibrationFit, GradeTable, model_from_name
+from service.events import emit_run_completed
 from service.schemas import GradeValue, KRIn
 from service.settings import Settings
 from service.store import ResultPart, Store
@@ -297,6 +298,7 @@ class RunWorker:
         if await self.store.finish_run(org, cycle, run_id, self.name, attempt, fields):
             self.processed += 1
             await self.store.ack_queue(message_id)
+            await emit_run_completed(self.store, org, cycle, run_id, fields)
         else:
             _log.warning("run %s lost its lease before finishing; another worker owns it", run_id)
 

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -224,6 +225,21 @@ def _warm_up() -> None:
     import calibrate.engine  # noqa: F401
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Initializer of a fit process: exit as soon as the service process that owns it is gone.
+
+    A service process killed without a clean shutdown (or a uvicorn worker terminated by
+    its supervisor) would otherwise leave its fit process running as an orphan.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="okrcal-parent-watch", daemon=True).start()
+
+
 class RunWorker:
     """One consumer of the run stream. ``await worker.run(stop)`` until ``stop`` is set."""
 
@@ -345,7 +361,12 @@ class RunWorker:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn, not fork: the parent runs an event loop and threads
-            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             self._executor.submit(_warm_up)
         return self._executor
 

@@ -7,6 +7,8 @@ import csv
 import functools
 import io
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -228,3 +230,37 @@ async def test_a_killed_fit_process_fails_only_that_attempt(store: RedisStore) -
         assert await worker._in_subprocess(functools.partial(divmod, 7, 2)) == (3, 1)  # type: ignore[arg-type]
     finally:
         worker._close_pool()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_fit_process_exits_when_its_service_process_is_killed() -> None:
+    code = (
+        "import os, time\n"
+        "from service.runs import RunWorker\n"
+        "from service.settings import Settings\n"
+        "pool = RunWorker(None, Settings())._pool()\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        assert _alive(child)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the fit process outlived its parent"
+        time.sleep(0.1)

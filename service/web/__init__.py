@@ -14,6 +14,9 @@ Pages (the scope each needs; ``admin`` holds all)::
     /ui/cycles/{cycle}/graders      caterpillar plot and table        scores:read
     /ui/cycles/{cycle}/krs/{kr}     evidence, anchors, grades         scores:read
     /ui/cycles/{cycle}/plots/{name}.{png,svg}   figure downloads
+    /ui/cycles/{cycle}/sessions     sessions; open one                scores:read | calibration:run
+    /ui/cycles/{cycle}/sessions/{id}  agenda, what-if, adjust, lock, audit; writes: calibration:run
+    /ui/drift                       leniency across cycles, drifting  hr:read
 
 Errors on these routes are pages, not problem+json: no session redirects to the
 sign-in page, a missing scope is a 403 page.
@@ -41,6 +44,7 @@ from anchors import AnchorError
 from calibrate import CalibrateError
 from service.problems import ProblemError
 from service.web.pages import PAGE_PREFIX, CyclePages, SignInPages, page
+from service.web.session_pages import SessionPages
 from service.web.websession import NotSignedInError, PageError
 
 __all__ = ["PAGE_PREFIX", "WebPlugin", "web_router"]
@@ -109,6 +113,7 @@ def web_router() -> Router:
         route_handlers=[
             SignInPages,
             CyclePages,
+            SessionPages,
             create_static_files_router(
                 path=f"{PAGE_PREFIX}/static",
                 directories=[_HERE / "static"],

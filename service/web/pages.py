@@ -30,7 +30,7 @@ from anchors import (
     infer_kr_type,
     level_index,
 )
-from calibrate import GraderEffect
+from calibrate import GraderEffect, KRScore
 from calibrate.session import small_group_reason
 from service import keys as K  # noqa: N812 - read as "keys"
 from service.runs import load_org_catalogue
@@ -244,6 +244,13 @@ async def plot_figure(
     raise PageError(404, f"no plot {name!r}; plots are {', '.join(_PLOTS)} (kr needs ?kr=)")
 
 
+def _largest_gaps(krs: list[KRScore], n: int = 15) -> list[KRScore]:
+    """The KRs whose calibrated grade is furthest from their raw grade (where to look first)."""
+    scored = [k for k in krs if k.calibrated_grade is not None]
+    scored.sort(key=lambda k: (-abs(k.raw_grade - (k.calibrated_grade or 0.0)), k.kr_id))
+    return scored[:n]
+
+
 def _file_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80]
 
@@ -314,6 +321,7 @@ class CyclePages(Controller):
                 v=res.fit.variance,
                 flagged=res.fit.flagged(),
                 run_query=f"?run={quote(rid, safe='')}" if rid else "",
+                gaps=_largest_gaps(await data.read_part(store, user.org, res, "krs")),
             )
         return page(user, "overview.html", **context)
 

@@ -1,0 +1,327 @@
+"""The calibration-session pages: list and create, agenda, what-if, adjustments, lock, audit.
+
+Every read and write goes through the sessions API's own handlers
+(:class:`service.sessions.SessionsController`), called in-process with the signed-in
+key as the actor: a page does exactly what ``POST .../sessions/{id}/adjustments`` does,
+with the same checks, the same Lua scripts and the same audit entries. The pages add
+only form decoding and presentation. (The handlers are reached through ``.fn``:
+:mod:`service.sessions` keeps its operations inside the controller.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath
+from litestar.response import Redirect, Template
+
+from anchors import parse_scale
+from calibrate.session import Agenda
+from service.audit import AuditEntry, read_audit
+from service.problems import ProblemError
+from service.sessions import (
+    REASON_CODES,
+    AdjustmentIn,
+    AdjustmentOut,
+    FinalScore,
+    LockIn,
+    SessionIn,
+    SessionOut,
+    SessionsController,
+    WhatIfIn,
+    WhatIfOut,
+)
+from service.store import Store
+from service.web import data
+from service.web.pages import PAGE_PREFIX, page, require
+from service.web.websession import CSRF_FIELD, PageError, WebUser, check_csrf
+
+__all__ = ["SessionPages", "problem_text"]
+
+_READ = ("calibration:run", "scores:read")
+_CHANGE_TYPES = ("exclude_grader", "override_grade", "add_grade")
+
+
+def problem_text(exc: Exception) -> str:
+    """One line for the reader: what was wrong, naming the field."""
+    if isinstance(exc, ProblemError):
+        fields = "; ".join(f"{p.field}: {p.problem}" if p.field else p.problem for p in exc.errors)
+        return f"{exc.detail} ({fields})" if fields and fields not in exc.detail else exc.detail
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+        message, _, where = text.partition(" - at `$.")
+        return f"{where.rstrip('`')}: {message}" if where else text
+    return str(exc)
+
+
+async def _call(
+    handler: Any, request: Request[Any, Any, Any], user: WebUser, cycle: str, **kwargs: Any
+) -> Any:
+    """Run a sessions API handler as the signed-in key (its guard's work is done already)."""
+    request.state.api_key = user.record
+    store: Store = request.app.state.store
+    fn = handler.fn
+    params = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+    if "request" in params:
+        kwargs["request"] = request
+    return await fn(None, store=store, org=user.org, cycle=cycle, **kwargs)
+
+
+def _form_dict(form: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, str]:
+    return {n: str(form.get(n) or "").strip() for n in names}
+
+
+def _session_url(cycle: str, session_id: str) -> str:
+    return f"{PAGE_PREFIX}/cycles/{quote(cycle, safe='')}/sessions/{quote(session_id, safe='')}"
+
+
+class SessionPages(Controller):
+    """Calibration sessions of a cycle, for the facilitator in the room."""
+
+    path = f"{PAGE_PREFIX}/cycles/{{cycle:str}}/sessions"
+    tags = ("web pages",)
+
+    @get("/")
+    async def sessions(self, request: Request[Any, Any, Any], cycle: FromPath[str]) -> Template:
+        """The cycle's sessions and the form to open one."""
+        user = await require(request, *_READ)
+        return await _sessions_page(request, user, cycle)
+
+    @post("/", status_code=303)
+    async def create(self, request: Request[Any, Any, Any], cycle: FromPath[str]) -> Any:
+        """Open a session on some owners (every owner of the run when none is named)."""
+        user = await require(request, "calibration:run")
+        form = await request.form()
+        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        f = _form_dict(form, ("facilitator", "title", "owner_ids", "org_unit"))
+        body: dict[str, Any] = {"facilitator": f["facilitator"], "title": f["title"] or None}
+        try:
+            if f["org_unit"]:
+                body["org_unit"] = f["org_unit"]
+            elif f["owner_ids"]:
+                body["owner_ids"] = [o.strip() for o in f["owner_ids"].split(",") if o.strip()]
+            else:
+                body["owner_ids"] = await _every_owner(request, user, cycle)
+            made: SessionOut = await _call(
+                SessionsController.create,
+                request,
+                user,
+                cycle,
+                data=msgspec.convert(body, SessionIn),
+            )
+        except (ProblemError, msgspec.ValidationError) as exc:
+            return await _sessions_page(request, user, cycle, error=problem_text(exc), form=f)
+        return Redirect(_session_url(cycle, made.session_id), status_code=303)
+
+    @get("/{session_id:str}")
+    async def session(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
+    ) -> Template:
+        """Agenda, what-if, adjustments, lock and the audit log of one session."""
+        user = await require(request, *_READ)
+        return await _session_page(request, user, cycle, session_id)
+
+    @post("/{session_id:str}/what-if", status_code=200)
+    async def what_if(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
+    ) -> Template:
+        """Preview one proposed change; nothing is saved (the preview is audited)."""
+        user = await require(request, "calibration:run")
+        form = await request.form()
+        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        f = _form_dict(form, ("type", "kr_id", "grader_id", "grade"))
+        change: dict[str, Any] = {"type": f["type"]}
+        for name in ("kr_id", "grader_id"):
+            if f[name]:
+                change[name] = f[name]
+        if f["grade"]:
+            change["grade"] = _number(f["grade"], "changes[0].grade")
+        try:
+            if f["type"] not in _CHANGE_TYPES:
+                raise PageError(400, f"type: choose one of {', '.join(_CHANGE_TYPES)}")
+            preview: WhatIfOut = await _call(
+                SessionsController.preview,
+                request,
+                user,
+                cycle,
+                session_id=session_id,
+                data=msgspec.convert({"changes": [change]}, WhatIfIn),
+            )
+        except (ProblemError, msgspec.ValidationError) as exc:
+            return await _session_page(
+                request, user, cycle, session_id, whatif_error=problem_text(exc), whatif_form=f
+            )
+        except PageError as exc:
+            return await _session_page(
+                request, user, cycle, session_id, whatif_error=exc.message, whatif_form=f
+            )
+        return await _session_page(request, user, cycle, session_id, preview=preview, whatif_form=f)
+
+    @post("/{session_id:str}/adjust", status_code=303)
+    async def adjust(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
+    ) -> Any:
+        """Set a KR's final grade; the reason code and the comment are both required."""
+        user = await require(request, "calibration:run")
+        form = await request.form()
+        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        f = _form_dict(form, ("kr_id", "final_grade", "reason_code", "comment"))
+        try:
+            if not f["reason_code"]:
+                raise PageError(400, "reason_code: choose the reason for the adjustment")
+            if not f["comment"]:
+                raise PageError(400, "comment: say why the grade changes (required)")
+            body = {
+                "kr_id": f["kr_id"],
+                "final_grade": _number(f["final_grade"], "final_grade"),
+                "reason_code": f["reason_code"],
+                "comment": f["comment"],
+            }
+            await _call(
+                SessionsController.adjust,
+                request,
+                user,
+                cycle,
+                session_id=session_id,
+                data=msgspec.convert(body, AdjustmentIn),
+            )
+        except (ProblemError, msgspec.ValidationError) as exc:
+            return await _session_page(
+                request, user, cycle, session_id, adjust_error=problem_text(exc), adjust_form=f
+            )
+        except PageError as exc:
+            return await _session_page(
+                request, user, cycle, session_id, adjust_error=exc.message, adjust_form=f
+            )
+        return Redirect(
+            _session_url(cycle, session_id) + "?done=adjusted#adjustments", status_code=303
+        )
+
+    @post("/{session_id:str}/lock", status_code=303)
+    async def lock(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
+    ) -> Any:
+        """Lock the session: its owners' achievements become final."""
+        user = await require(request, "calibration:run")
+        form = await request.form()
+        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        comment = str(form.get("comment") or "").strip() or None
+        try:
+            await _call(
+                SessionsController.lock,
+                request,
+                user,
+                cycle,
+                session_id=session_id,
+                data=LockIn(comment=comment),
+            )
+        except ProblemError as exc:
+            return await _session_page(
+                request, user, cycle, session_id, lock_error=problem_text(exc)
+            )
+        return Redirect(_session_url(cycle, session_id) + "?done=locked", status_code=303)
+
+
+def _number(text: str, field: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PageError(400, f"{field}: {text!r} is not a number") from None
+
+
+async def _every_owner(request: Request[Any, Any, Any], user: WebUser, cycle: str) -> list[str]:
+    store: Store = request.app.state.store
+    res, why = await data.load_results(store, user.org, cycle, None)
+    if res is None:
+        raise PageError(404, why or "no results")
+    owners = await data.read_part(store, user.org, res, "owners")
+    return [o.owner_id for o in owners]
+
+
+async def _sessions_page(
+    request: Request[Any, Any, Any],
+    user: WebUser,
+    cycle: str,
+    *,
+    error: str | None = None,
+    form: Mapping[str, str] | None = None,
+) -> Template:
+    rows: list[SessionOut] = await _call(
+        SessionsController.list_sessions, request, user, cycle, limit=100
+    )
+    return page(
+        user,
+        "sessions.html",
+        status_code=400 if error else 200,
+        cycle=cycle,
+        sessions=rows,
+        error=error,
+        form=form or {},
+    )
+
+
+async def _session_page(
+    request: Request[Any, Any, Any],
+    user: WebUser,
+    cycle: str,
+    session_id: str,
+    **extra: Any,
+) -> Template:
+    store: Store = request.app.state.store
+    s: SessionOut = await _call(
+        SessionsController.get_session, request, user, cycle, session_id=session_id
+    )
+    agenda: Agenda = await _call(
+        SessionsController.agenda,
+        request,
+        user,
+        cycle,
+        session_id=session_id,
+        max_gaps=20,
+        min_gap=0.1,
+    )
+    adjustments: list[AdjustmentOut] = await _call(
+        SessionsController.list_adjustments, request, user, cycle, session_id=session_id
+    )
+    scores: list[FinalScore] = await _call(
+        SessionsController.scores, request, user, cycle, session_id=session_id
+    )
+    audit: list[AuditEntry] = (
+        await read_audit(store, user.org, cycle=cycle, session_id=session_id)
+        if user.can("calibration:run", "hr:read")
+        else []
+    )
+    scale = parse_scale(s.scale)
+    errors = [k for k in extra if k.endswith("_error")]
+    context: dict[str, Any] = {
+        "cycle": cycle,
+        "s": s,
+        "agenda": agenda,
+        "adjustments": adjustments,
+        "scores": scores,
+        "audit": audit,
+        "can_audit": user.can("calibration:run", "hr:read"),
+        "scale": scale,
+        "reason_codes": REASON_CODES,
+        "change_types": _CHANGE_TYPES,
+        "done": request.query_params.get("done"),
+        "preview": None,
+        "whatif_error": None,
+        "adjust_error": None,
+        "lock_error": None,
+        "whatif_form": {},
+        "adjust_form": {},
+        "graders": sorted({a.subject_id for a in agenda.items if a.subject == "grader"}),
+        "csrf_name": CSRF_FIELD,
+    }
+    context.update(extra)
+    return page(
+        user,
+        "session.html",
+        status_code=400 if any(extra.get(e) for e in errors) else 200,
+        **context,
+    )

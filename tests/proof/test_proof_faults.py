@@ -223,6 +223,7 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path) -> None:
     assert all(down_at <= t for t, _, _ in outage)
     assert any(c == 200 and t > up_at for t, c, _ in reads), "reads did not recover"
     assert "Traceback" not in api.output()
+    assert key not in api.output()  # the outage was logged, the key was not
     landed = _check_ledger(grades, ledger)
     assert len(grades) == (len(ledger.acked) + landed) * ROWS
 

@@ -682,8 +682,13 @@ class EventsController(Controller):
                     FieldProblem(problem="an event id looks like 1700000000000-0", field="ids")
                 ],
             )
+        client = redis_of(store)
+        key = K.OrgKeys(org).events
         try:
-            n = await redis_of(store).xack(K.OrgKeys(org).events, data.group, *data.ids)
-        except ResponseError as exc:
-            raise ProblemError(404, f"no consumer group {data.group!r}") from exc
-        return AckOut(acknowledged=int(n))
+            groups = await client.xinfo_groups(key)
+        except ResponseError:  # no stream yet: no group either
+            groups = []
+        names = {_s(g.get("name", b"")) for g in groups}
+        if data.group not in names:
+            raise ProblemError(404, f"no consumer group {data.group!r}; read events to create it")
+        return AckOut(acknowledged=int(await client.xack(key, data.group, *data.ids)))

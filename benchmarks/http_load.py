@@ -30,8 +30,11 @@ ingest. ``--ingest-grades`` new grades (all creates) posted as JSON bodies of 10
    (the per-request maximum) by ``--ingest-clients`` concurrent connections; grades/s =
    grades / wall time from the first byte sent to the last answer. Every answer is
    checked (200 and ``created`` = rows). Bodies are encoded before the clock starts.
-e2e. ``--grades`` simulated grades (``calibrate.simulate``; departments linked by 5%
-   cross-department peers) posted the same way to a fresh cycle, a calibration run
+e2e. ``--grades`` simulated grades (``calibrate.simulate``, ``--design``: ``realistic``
+   is the simulator's default organisation scaled up, grades only, no KRs or evidence;
+   ``linked`` adds two more graders per KR, 5% of them from another department, which
+   joins all graders into one group, the engine's costliest exact case) posted the
+   same way to a fresh cycle, a calibration run
    started (``additive``), polled every 20 ms until done, published, then every
    calibrated KR score and every owner read back in pages of 5,000. Wall time of the
    whole sequence and of each phase.
@@ -161,6 +164,12 @@ def tree_cpus(root: int) -> dict[int, float]:
         if p == root:
             out[pid] = cpu[pid]
     return out
+
+
+def own_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` alone (0 when it is gone)."""
+    st = _stat(pid)
+    return 0.0 if st is None else st[1]
 
 
 def tree_cpu(root: int) -> float:
@@ -402,18 +411,31 @@ def synthetic_rows(n: int, tag: str, rng: np.random.Generator) -> list[tuple[str
     ]
 
 
-def simulated_rows(n_grades: int, seed: int) -> list[tuple[str, str, float, str]]:
-    """About ``n_grades`` grades of a simulated organisation whose departments are linked."""
-    n_graders = max(20, round(n_grades / 60.6))  # ~60 grades per grader in this design
-    config = SimConfig(
-        name=f"http_{n_grades}",
-        n_graders=n_graders,
-        reports=(4, 6),
-        krs_per_owner=(3, 5),
-        second_grader_share=1.0,
-        extra_graders=2,
-        cross_department_share=0.05,
-    )
+#: e2e designs: (grades per grader, configuration for a given number of graders)
+DESIGNS: dict[str, tuple[float, dict[str, Any]]] = {
+    # the simulator's default organisation (departments of 8-20 managers, 20% of KRs
+    # graded twice within the department), scaled up
+    "realistic": (38.5, {}),
+    # every KR graded three times, 5% of second graders from another department: all
+    # graders form one connected group, the engine's most expensive exact case
+    "linked": (
+        60.2,
+        {
+            "reports": (4, 6),
+            "krs_per_owner": (3, 5),
+            "second_grader_share": 1.0,
+            "extra_graders": 2,
+            "cross_department_share": 0.05,
+        },
+    ),
+}
+
+
+def simulated_rows(n_grades: int, seed: int, design: str) -> list[tuple[str, str, float, str]]:
+    """About ``n_grades`` grades of a simulated organisation of the given design."""
+    per_grader, extra = DESIGNS[design]
+    n_graders = max(20, round(n_grades / per_grader))
+    config = SimConfig(name=f"http_{design}_{n_grades}", n_graders=n_graders, **extra)
     sim = simulate_org(np.random.default_rng(seed), config)
     kr_ids, gr_ids, owners = sim.kr_ids, sim.grader_ids, sim.owner_ids
     kr_owner = sim.kr_owner.tolist()
@@ -469,22 +491,25 @@ class Result:
     error: str | None = None
 
 
-def run_ingest(svc: Service, key: str, args: argparse.Namespace, name: str, res: Result) -> None:
+def run_ingest(
+    svc: Service, redis_pid: int, key: str, args: argparse.Namespace, name: str, res: Result
+) -> None:
     bodies = grade_bodies(
         synthetic_rows(args.ingest_grades, name, np.random.default_rng(args.seed))
     )
     load = loadavg()
-    cpu0 = tree_cpu(svc.pid)
+    cpu0, r0 = tree_cpu(svc.pid), own_cpu(redis_pid)
     wall = post_all(
         svc.port, key, f"/v1/orgs/{ORG}/cycles/ing-{name}/grades", bodies, args.ingest_clients
     )
-    cpu = tree_cpu(svc.pid) - cpu0
+    cpu, rcpu = tree_cpu(svc.pid) - cpu0, own_cpu(redis_pid) - r0
     res.ingest = {
         "grades": float(args.ingest_grades),
         "wall_s": wall,
         "grades_per_s": args.ingest_grades / wall,
         "mb_per_s": sum(map(len, bodies)) / wall / 1e6,
         "service_cpu_s": cpu,
+        "redis_cpu_s": rcpu,
     }
     log(f"  ingest: {args.ingest_grades / wall:,.0f} grades/s ({wall:.2f} s, load {load})")
 
@@ -640,11 +665,12 @@ def measure(
     after = tree_cpus(svc.pid)
     busiest = max(after, key=lambda pid: after[pid] - before.get(pid, 0.0))
     load = loadavg()
-    s0, r0 = tree_cpu(svc.pid), tree_cpu(redis_pid)
+    # Redis's own process only: its save children come and go (and take their CPU along).
+    s0, r0 = tree_cpu(svc.pid), own_cpu(redis_pid)
     w0 = os.times()
     out = wrk(svc.port, key, args, target, args.duration)
     w1 = os.times()
-    s1, r1 = tree_cpu(svc.pid), tree_cpu(redis_pid)
+    s1, r1 = tree_cpu(svc.pid), own_cpu(redis_pid)
     secs = out["duration_us"] / 1e6
     rps = out["requests"] / secs
     fig = {
@@ -715,6 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (CPU it takes)")
     parser.add_argument("--grades", type=int, default=100_000, help="grades of the e2e part")
+    parser.add_argument("--design", choices=sorted(DESIGNS), default="realistic", help="e2e data")
     parser.add_argument("--ingest-grades", type=int, default=200_000)
     parser.add_argument("--ingest-clients", type=int, default=2, help="concurrent connections")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds (0 = off)")
@@ -735,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.lua = workdir / "paths.lua"
     args.lua.write_text(_WRK_LUA)
     log(f"scratch in {workdir}; simulating {args.grades:,} grades")
-    rows = simulated_rows(args.grades, args.seed)
+    rows = simulated_rows(args.grades, args.seed, args.design)
 
     results: list[Result] = []
     try:
@@ -760,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             continue
                         try:
                             if "ingest" in args.parts:
-                                run_ingest(svc, key, args, name, res)
+                                run_ingest(svc, redis.pid, key, args, name, res)
                             if "e2e" in args.parts or "get" in args.parts:
                                 run_e2e(svc, key, args, name, rows, workdir, res)
                             if "get" in args.parts:
@@ -795,6 +822,19 @@ def _versions() -> str:
     return ", ".join(out)
 
 
+def _revision() -> str:
+    """The commit measured, and whether the service code differed from it."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "service", "calibrate", "anchors"],
+        capture_output=True,
+        text=True,
+    )
+    rev = head.stdout.strip() or "unknown commit"
+    return rev + (" with uncommitted changes in the packages" if dirty.stdout.strip() else "")
+
+
 def report(args: argparse.Namespace, results: list[Result]) -> None:
     p = print
     p("## HTTP service\n")
@@ -802,7 +842,8 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     for line in machine_lines():
         p(line)
     p(f"- load average (1, 5, 15 min) at the end: {loadavg()}")
-    p(f"- {_versions()}\n")
+    p(f"- {_versions()}")
+    p(f"- okrcal at {_revision()}\n")
     get_head = (
         "| configuration | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx | "
         "service CPU-s | Redis CPU-s | wrk CPU-s | req per service CPU-s | load 1 min |\n"
@@ -836,19 +877,20 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"Bulk grade ingest: {args.ingest_grades:,} new grades, JSON bodies of {BATCH:,}, "
             f"{args.ingest_clients} concurrent connection(s). Target ≥ 50,000 grades/s.\n"
         )
-        p("| configuration | grades/s | wall s | body MB/s | service CPU-s |")
-        p("|---|---:|---:|---:|---:|")
+        p("| configuration | grades/s | wall s | body MB/s | service CPU-s | Redis CPU-s |")
+        p("|---|---:|---:|---:|---:|---:|")
         for r in results:
             i = r.ingest
             if i:
                 p(
                     f"| {r.config} | {i['grades_per_s']:,.0f} | {i['wall_s']:.2f} | "
-                    f"{i['mb_per_s']:.1f} | {i['service_cpu_s']:.1f} |"
+                    f"{i['mb_per_s']:.1f} | {i['service_cpu_s']:.1f} | {i['redis_cpu_s']:.1f} |"
                 )
         p("")
     if "e2e" in args.parts:
         p(
             f"Post, calibrate and read back {args.grades:,} simulated grades "
+            f"(design {args.design!r}) "
             "(every KR score and every owner, pages of 5,000). Target ≤ 5 s.\n"
         )
         p("| configuration | grades | KRs | owners | post s | calibrate s | read s | total s |")

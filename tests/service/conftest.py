@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
@@ -30,7 +31,7 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def client(redis_url: str, settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+async def client(redis_url: str, settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     """The app on the real Redis, through litestar's test client."""
     app = create_app(settings, RedisStore(redis_url))
     async with AsyncTestClient(app) as c:

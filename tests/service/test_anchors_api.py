@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from anchors import default_catalogue_text
 from service.store import RedisStore
 from tests.service.conftest import make_key
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 
 async def test_default_and_org_catalogue(client: Client, store: RedisStore, org: str) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.store import RedisStore
 from tests.conftest import new_org
 from tests.service.conftest import make_key
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 # (method, path under /v1/orgs/{org}, the scope it needs or None for any key, JSON body)
 ENDPOINTS: list[tuple[str, str, str | None, object]] = [
@@ -115,12 +116,13 @@ async def test_key_management_and_immediate_revocation(
     assert r.status_code == 200
     assert r.json()["revoked_at"] is not None
     assert (await client.get(f"/v1/orgs/{org}/cycles/c1/grades", headers=reader)).status_code == 401
-    for bad in (
+    bad_bodies: list[dict[str, object]] = [
         {"scopes": ["root"]},
         {"scopes": []},
         {"scopes": ["admin"], "rate_limit": 0},
         {"scopes": ["admin"], "x": 1},
-    ):
+    ]
+    for bad in bad_bodies:
         r = await client.post(f"/v1/orgs/{org}/keys", json=bad, headers=admin)
         assert r.status_code == 400, bad
     # keys are stored only as hashes

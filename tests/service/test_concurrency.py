@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
@@ -12,7 +13,9 @@ from service.store import RedisStore
 from tests.service.conftest import make_key
 
 
-async def _all_grades(c: AsyncTestClient, url: str, h: dict[str, str]) -> list[dict[str, object]]:  # type: ignore[type-arg]
+async def _all_grades(
+    c: AsyncTestClient[Litestar], url: str, h: dict[str, str]
+) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     cursor = None
     while True:
@@ -57,8 +60,8 @@ async def test_parallel_writers_exact_counts(redis_url: str, store: RedisStore, 
 
 
 async def test_bulk_write_is_all_or_nothing(
-    client: AsyncTestClient, store: RedisStore, org: str
-) -> None:  # type: ignore[type-arg]
+    client: AsyncTestClient[Litestar], store: RedisStore, org: str
+) -> None:
     h = await make_key(store, org, "grades:write", "scores:read")
     url = f"/v1/orgs/{org}/cycles/c1/grades"
     rows = [{"kr_id": f"k{i}", "grader_id": "g", "grade": 0.5} for i in range(5000)]

@@ -6,13 +6,14 @@ import asyncio
 import json
 
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.settings import Settings
 from service.store import RedisStore
 from tests.service.conftest import grades_rows, make_key
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 
 async def test_grades_upsert_is_idempotent_and_keeps_history(

@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
@@ -14,7 +15,7 @@ from service.settings import Settings
 from service.store import RedisStore
 from tests.service.conftest import grades_rows, make_key
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 
 async def test_health_metrics_and_openapi(client: Client, store: RedisStore, org: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
@@ -22,7 +23,7 @@ from service.settings import Settings
 from service.store import RedisStore
 from tests.service.conftest import grades_rows, make_key
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = AsyncTestClient[Litestar]
 
 
 @pytest.fixture
@@ -155,7 +156,8 @@ async def test_run_bad_inputs(worker_client: Client, store: RedisStore, org: str
     assert r.status_code == 409
     assert (await c.post(f"{base}/nope/publish", headers=h)).status_code == 404
     assert (await c.get(f"{base}/nope", headers=h)).status_code == 404
-    r = await c.get(f"/v1/orgs/{org}/cycles/c1/scores", params={"run_id": run["run_id"]}, headers=h)
+    params = {"run_id": str(run["run_id"])}
+    r = await c.get(f"/v1/orgs/{org}/cycles/c1/scores", params=params, headers=h)
     assert r.status_code == 409
 
 
@@ -227,7 +229,8 @@ async def test_a_killed_fit_process_fails_only_that_attempt(store: RedisStore) -
         with pytest.raises(RuntimeError, match="fit process died"):
             await worker._in_subprocess(functools.partial(os._exit, 1))  # type: ignore[arg-type]
         # the next run gets a fresh process
-        assert await worker._in_subprocess(functools.partial(divmod, 7, 2)) == (3, 1)  # type: ignore[arg-type]
+        answer: object = await worker._in_subprocess(functools.partial(divmod, 7, 2))
+        assert answer == (3, 1)
     finally:
         worker._close_pool()
 

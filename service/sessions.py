@@ -517,9 +517,26 @@ def _preview(
     )
 
 
+_tables: OrderedDict[tuple[str, str, str], tuple[tuple[bytes | None, bytes | None], GradeTable]] = (
+    OrderedDict()
+)
+
+
 async def _scope_table(store: Store, org: str, sc: _Scope) -> GradeTable:
     client = redis_of(store)
     okeys = K.OrgKeys(org)
+    # The organisation's change clock moves with every grade or KR written, and the
+    # catalogue revision with every new catalogue: while both stand, the scope's table
+    # (and so its baseline fit) is the one built last time.
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.get(okeys.clock)
+        pipe.hget(okeys.catalogue, "latest")
+        clock, revision = await pipe.execute()
+    cache_key = (org, sc.cycle, sc.session_id)
+    cached = _tables.get(cache_key)
+    if cached is not None and cached[0] == (clock, revision):
+        _tables.move_to_end(cache_key)
+        return cached[1]
     grades: dict[str, bytes] = {}
     key = okeys.grades(sc.cycle).data
     for i in range(0, len(sc.grade_keys), 5000):
@@ -532,7 +549,14 @@ async def _scope_table(store: Store, org: str, sc: _Scope) -> GradeTable:
     krs = await _scope_krs(store, org, sc)
     stored_scale = await store.cycle_scale(org, sc.cycle, None)
     catalogue = await load_org_catalogue(store, org)
-    table, _ = build_table(grades, krs, parse_scale(stored_scale), parse_scale(sc.scale), catalogue)
+    table, _ = await anyio.to_thread.run_sync(
+        functools.partial(
+            build_table, grades, krs, parse_scale(stored_scale), parse_scale(sc.scale), catalogue
+        )
+    )
+    _tables[cache_key] = ((clock, revision), table)
+    while len(_tables) > _BASELINES_KEPT:
+        _tables.popitem(last=False)
     return table
 
 

@@ -17,10 +17,11 @@ script starts (never one that happens to be running):
 * ``tcp``: the same binary and persistence settings on a free loopback TCP port, i.e. the
   ``REDIS_URL=redis://127.0.0.1:PORT`` deployment.
 
-Servers: ``uvicorn`` is ``okrcal serve`` itself (uvicorn picks uvloop and httptools
-when installed); ``granian`` runs the same app factory (``service.cmd_serve:app_from_env``)
-with ``granian --interface asgi --loop uvloop``; ``uvicorn-h11`` is uvicorn without the
-optional accelerators (``--loop asyncio --http h11``), i.e. a bare ``pip install uvicorn``.
+Servers, each running the app factory of ``okrcal serve`` (``service.cmd_serve:app_from_env``):
+``uvicorn`` with uvloop and httptools; ``granian --interface asgi --loop uvloop``;
+``uvicorn-h11``, uvicorn without the optional accelerators (``--loop asyncio --http h11``,
+what a bare ``pip install uvicorn`` gives); ``okrcal`` is ``okrcal serve`` itself, with
+whichever server it uses.
 
 An admin key is created with ``okrcal keys create``; everything else goes through the API.
 
@@ -87,7 +88,7 @@ from service.embedded import EmbeddedRedis
 
 ORG = "bench"
 BATCH = 10_000
-SERVERS = ("uvicorn", "granian", "uvicorn-h11")
+SERVERS = ("uvicorn", "granian", "uvicorn-h11", "okrcal")
 PARTS = ("ingest", "e2e", "get", "healthz")
 REDIS_MODES = ("unix", "tcp")
 
@@ -267,8 +268,15 @@ class UnixRedis:
 def server_command(server: str, port: int, workers: int) -> list[str]:
     """The command line that starts ``server`` with the okrcal app on 127.0.0.1:``port``."""
     py = sys.executable
-    if server == "uvicorn":
+    if server == "okrcal":
         return [py, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    if server == "uvicorn":
+        # as ``okrcal serve`` ran it before granian was chosen: loop and parser "auto"
+        return [
+            *(py, "-m", "uvicorn", "--factory", "--loop", "uvloop", "--http", "httptools"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+            *("--log-level", "warning", "--no-access-log", "service.cmd_serve:app_from_env"),
+        ]
     if server == "granian":
         return [
             *(py, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop"),
@@ -516,6 +524,7 @@ def run_ingest(
 
 def run_e2e(
     svc: Service,
+    redis_pid: int,
     key: str,
     args: argparse.Namespace,
     name: str,
@@ -528,6 +537,8 @@ def run_e2e(
     base = f"/v1/orgs/{ORG}/cycles/{cycle}"
     client = Client(svc.port, key)
     load = loadavg()
+    # the fit process is a child of the service, so its CPU is counted in the tree
+    cpu0 = tree_cpu(svc.pid) + own_cpu(redis_pid)
     t0 = time.perf_counter()
     post_all(svc.port, key, f"{base}/grades", bodies, args.ingest_clients)
     t_post = time.perf_counter()
@@ -557,6 +568,7 @@ def run_e2e(
                 break
         counts[part] = n
     t_read = time.perf_counter()
+    cpu = tree_cpu(svc.pid) + own_cpu(redis_pid) - cpu0
     client.close()
     n_krs = len({r[0] for r in rows})
     n_owners = len({r[3] for r in rows})
@@ -570,6 +582,7 @@ def run_e2e(
         "calibrate_s": t_fit - t_post,
         "read_s": t_read - t_fit,
         "total_s": t_read - t0,
+        "cpu_s": cpu,
     }
     res.cycle = cycle
     res.owners_file = workdir / f"owners-{name}.txt"
@@ -789,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             if "ingest" in args.parts:
                                 run_ingest(svc, redis.pid, key, args, name, res)
                             if "e2e" in args.parts or "get" in args.parts:
-                                run_e2e(svc, key, args, name, rows, workdir, res)
+                                run_e2e(svc, redis.pid, key, args, name, rows, workdir, res)
                             if "get" in args.parts:
                                 run_get(svc, redis.pid, key, args, res, workdir)
                             if "healthz" in args.parts:
@@ -824,6 +837,9 @@ def _versions() -> str:
 
 def _revision() -> str:
     """The commit measured, and whether the service code differed from it."""
+    exported = REPO / "COMMIT"  # a `git archive` export measured outside the work tree
+    if not (REPO / ".git").exists() and exported.exists():
+        return exported.read_text().strip() + " (exported tree)"
     git = ["git", "-C", str(REPO)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(
@@ -893,15 +909,18 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"(design {args.design!r}) "
             "(every KR score and every owner, pages of 5,000). Target ≤ 5 s.\n"
         )
-        p("| configuration | grades | KRs | owners | post s | calibrate s | read s | total s |")
-        p("|---|---:|---:|---:|---:|---:|---:|---:|")
+        p(
+            "| configuration | grades | KRs | owners | post s | calibrate s | read s | total s "
+            "| service + Redis CPU-s |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in results:
             e = r.e2e
             if e:
                 p(
                     f"| {r.config} | {e['grades']:,.0f} | {e['krs']:,.0f} | {e['owners']:,.0f} | "
                     f"{e['post_s']:.2f} | {e['calibrate_s']:.2f} | {e['read_s']:.2f} | "
-                    f"{e['total_s']:.2f} |"
+                    f"{e['total_s']:.2f} | {e['cpu_s']:.1f} |"
                 )
         p("")
     for r in results:

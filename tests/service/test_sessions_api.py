@@ -384,3 +384,59 @@ async def test_session_scopes_and_tenants(
         r = await getattr(c, method)(f"/v1/orgs/{org}/audit", headers=h)
         assert r.status_code == 405
     assert (await c.post(f"/v1/orgs/{org}/audit", json={}, headers=h)).status_code == 405
+
+
+async def test_what_if_follows_changed_grades(
+    worker_client: Client, store: RedisStore, org: str
+) -> None:
+    c = worker_client
+    h = await seed_cycle(c, store, org)
+    cyc = f"/v1/orgs/{org}/cycles/c1"
+    r = await c.post(f"{cyc}/sessions", json={"facilitator": "f", "owner_ids": ["o0"]}, headers=h)
+    url = f"{cyc}/sessions/{r.json()['session_id']}/what-if"
+    body = {"changes": [{"type": "override_grade", "kr_id": "k0", "grader_id": "g1", "grade": 1.0}]}
+    first = (await c.post(url, json=body, headers=h)).json()["result"]
+    k0 = next(k for k in first["krs"] if k["kr_id"] == "k0")
+    # a grade of the scope changes after the session was made: the preview starts from it
+    new = {"kr_id": "k0", "grader_id": "g2", "grade": 0.0, "owner_id": "o0"}
+    assert (await c.post(f"{cyc}/grades", json=[new], headers=h)).status_code == 200
+    second = (await c.post(url, json=body, headers=h)).json()["result"]
+    k0_again = next(k for k in second["krs"] if k["kr_id"] == "k0")
+    assert k0_again["before"] < k0["before"]
+
+
+async def test_adjustments_racing_a_lock_are_in_the_final_scores_or_refused(
+    worker_client: Client, store: RedisStore, org: str
+) -> None:
+    c = worker_client
+    h = await seed_cycle(c, store, org)
+    cyc = f"/v1/orgs/{org}/cycles/c1"
+    r = await c.post(f"{cyc}/sessions", json={"facilitator": "f", "owner_ids": ["o0"]}, headers=h)
+    base = f"{cyc}/sessions/{r.json()['session_id']}"
+    kr_ids = [f"k{k}" for k in range(0, 40, 5)]  # o0's KRs
+
+    async def adjust(kr_id: str) -> int:
+        body = {"kr_id": kr_id, "final_grade": 1.0, "reason_code": "other", "comment": "race"}
+        return (await c.post(f"{base}/adjustments", json=body, headers=h)).status_code
+
+    results = await asyncio.gather(
+        *(adjust(k) for k in kr_ids[:4]),
+        c.post(f"{base}/lock", headers=h),
+        *(adjust(k) for k in kr_ids[4:]),
+    )
+    lock = results[4]
+    statuses = [s for s in results if isinstance(s, int)]
+    assert getattr(lock, "status_code", None) == 200
+    assert set(statuses) <= {201, 409}
+    accepted = (await c.get(f"{base}/adjustments", headers=h)).json()
+    assert len(accepted) == statuses.count(201)
+    # every accepted adjustment is in the locked achievement, and each has its audit entry
+    scores = {x["kr_id"]: x for x in (await c.get(f"{base}/scores", headers=h)).json()}
+    expected = sum(x["final_grade"] for x in scores.values()) / len(scores)
+    owner = (await c.get(f"{cyc}/owners/o0", headers=h)).json()
+    assert owner["state"] == "final"
+    assert owner["achievement"] == pytest.approx(expected)
+    audit = (await c.get(f"{base}/audit", headers=h)).json()
+    assert sum(e["type"] == "adjustment.set" for e in audit) == len(accepted)
+    assert audit[-1]["type"] == "session.locked"
+    assert audit[-1]["data"]["n_adjustments"] == len(accepted)

@@ -629,13 +629,16 @@ def _fit_affine(
         new_scale, new_se, raw_z = _update_scales(t, fit, scale)
         delta = float(np.max(np.abs(new_scale - scale))) if n_gr else 0.0
         scale, scale_se, scale_z = new_scale, new_se, raw_z
-        # same structure, new coefficients; start from the previous variance ratios
+        # same structure, new coefficients; variance ratios held while the scales settle
         d = with_coef(base, scale[base.gr])
-        fit = fit_crossed(d, start=log_ratios(fit))
-        iterations += fit.iterations
+        fit = fit_crossed(d, start=log_ratios(fit), optimise=False)
+        iterations += 1
         if delta < 1e-4:
             converged = True
             break
+    # REML once more at the settled scales
+    fit = fit_crossed(d, start=log_ratios(fit))
+    iterations += fit.iterations
     est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False)
     linked = graph.grader_linked
     warnings = list(est.warnings)

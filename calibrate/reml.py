@@ -791,10 +791,22 @@ def _start() -> FloatArray:
 
 
 def fit_crossed(
-    d: CrossedData, *, start: FloatArray | None = None, tol: float = 1e-10
+    d: CrossedData,
+    *,
+    start: FloatArray | None = None,
+    tol: float = 1e-10,
+    optimise: bool = True,
 ) -> CrossedFit:
-    """Minimise the profiled REML criterion and compute BLUPs with their error variances."""
+    """Minimise the profiled REML criterion and compute BLUPs with their error variances.
+
+    With ``optimise=False`` the variance ratios stay at ``start`` (only the residual
+    variance is re-estimated): the mixed-model solution at given ratios.
+    """
     n_par = 3 if d.n_ev else 2
+    if not optimise:
+        if start is None:
+            raise ValueError("optimise=False needs start")
+        return _finish(d, np.asarray(start, dtype=np.float64), converged=True, iterations=0)
     if start is not None:
         x0 = np.asarray(start, dtype=np.float64)
     elif d.n_obs > _WARM_START_OVER:
@@ -845,6 +857,13 @@ def fit_crossed(
     if res2 is not None and res2.fun < res.fun:
         x = np.clip(res2.x, -_LOG_BOUND, _LOG_BOUND)
     iterations = int(res.nit) + (int(res2.nit) if res2 is not None else 0)
+    converged = bool(res.success) or (res2 is not None and bool(res2.success))
+    return _finish(d, x, converged=converged, iterations=iterations)
+
+
+def _finish(d: CrossedData, x: FloatArray, *, converged: bool, iterations: int) -> CrossedFit:
+    """Solve at the log variance ratios ``x`` and collect estimates and error variances."""
+    n_par = 3 if d.n_ev else 2
     full = np.concatenate([x, [0.0] * (3 - n_par)])
     st = _evaluate(d, full, keep=True)
     assert isinstance(st, _State)
@@ -871,7 +890,7 @@ def fit_crossed(
         b_pev=b_pev,
         b_beta_cov=-(st.H @ Tinv) * s2,
         deviance=st.deviance,
-        converged=bool(res.success) or (res2 is not None and bool(res2.success)),
+        converged=converged,
         iterations=iterations,
         component=d.blocks.component,
         data=d,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import msgspec
 import numpy as np
 import pytest
@@ -188,3 +191,11 @@ def test_final_owners_fold_in_adjustments_with_weights() -> None:
     assert changed.ci_high - changed.ci_low == pytest.approx(owner.ci_high - owner.ci_low)
     untouched = [o for o in final if o.owner_id != owner.owner_id]
     assert untouched == [o for o in fit.owners if o.owner_id != owner.owner_id]
+
+
+def test_session_and_drift_modules_do_no_io() -> None:
+    code = (
+        "import calibrate.session, calibrate.drift, sys; "
+        "print(sorted({'litestar','redis','service','httpx'} & set(sys.modules)))"
+    )
+    assert subprocess.check_output([sys.executable, "-c", code]).strip() == b"[]"

@@ -17,6 +17,7 @@ Pages (the scope each needs; ``admin`` holds all)::
     /ui/cycles/{cycle}/sessions     sessions; open one                scores:read | calibration:run
     /ui/cycles/{cycle}/sessions/{id}  agenda, what-if, adjust, lock, audit; writes: calibration:run
     /ui/drift                       leniency across cycles, drifting  hr:read
+    /ui/drift/plots/drift.{png,svg}  the drift figure
 
 Errors on these routes are pages, not problem+json: no session redirects to the
 sign-in page, a missing scope is a 403 page.
@@ -43,9 +44,10 @@ from litestar.template.config import TemplateConfig
 from anchors import AnchorError
 from calibrate import CalibrateError
 from service.problems import ProblemError
+from service.web.drift_pages import DriftPages
 from service.web.pages import PAGE_PREFIX, CyclePages, SignInPages, page
 from service.web.session_pages import SessionPages
-from service.web.websession import NotSignedInError, PageError
+from service.web.websession import NotSignedInError, PageError, WebUser
 
 __all__ = ["PAGE_PREFIX", "WebPlugin", "web_router"]
 
@@ -64,9 +66,9 @@ _TITLES = {
 }
 
 
-def _error_page(status: int, message: str) -> Template:
+def _error_page(status: int, message: str, user: WebUser | None = None) -> Template:
     return page(
-        None,
+        user,
         "error.html",
         status_code=status,
         status=status,
@@ -81,7 +83,7 @@ def _sign_in(_: Request[Any, Any, Any], exc: NotSignedInError) -> Response[Any]:
 
 
 def _page_error(_: Request[Any, Any, Any], exc: PageError) -> Template:
-    return _error_page(exc.status, exc.message)
+    return _error_page(exc.status, exc.message, exc.user)
 
 
 def _problem(_: Request[Any, Any, Any], exc: ProblemError) -> Template:
@@ -114,6 +116,7 @@ def web_router() -> Router:
             SignInPages,
             CyclePages,
             SessionPages,
+            DriftPages,
             create_static_files_router(
                 path=f"{PAGE_PREFIX}/static",
                 directories=[_HERE / "static"],

@@ -15,6 +15,7 @@ import msgspec
 
 from anchors import Scale, parse_scale
 from calibrate import CalibrationFit, GraderEffect, KRScore, OwnerAchievement
+from calibrate.drift import CyclePoint
 from service import keys as K  # noqa: N812 - read as "keys"
 from service.schemas import GradeValue, KRIn
 from service.store import ResultPart, Store
@@ -22,6 +23,7 @@ from service.store import ResultPart, Store
 __all__ = [
     "CycleResults",
     "RunRow",
+    "grader_histories",
     "kr_grades",
     "kr_record",
     "kr_score",
@@ -207,3 +209,41 @@ async def kr_record(store: Store, org: str, cycle: str, kr_id: str) -> KRIn | No
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+async def grader_histories(
+    store: Store, org: str, max_cycles: int = 40
+) -> tuple[list[str], dict[str, list[CyclePoint]]]:
+    """Every grader's leniency in each cycle's published run, on Google's 0–1 scale.
+
+    The cycles with a published run (at most the last ``max_cycles`` by name), and per
+    grader the cycles they were estimated in. Leniency is divided by the run scale's
+    span so cycles graded on different scales compare, as the drift API does.
+    """
+    client: Any = getattr(store, "redis", None)
+    if client is None:
+        return [], {}
+    pattern = K.OrgKeys(org).published_pattern()
+    prefix = pattern[:-1]
+    names = sorted({_s(k)[len(prefix) :] async for k in client.scan_iter(match=pattern)})
+    used: list[str] = []
+    hist: dict[str, list[CyclePoint]] = {}
+    for cycle in names[-max_cycles:]:
+        res, _ = await load_results(store, org, cycle, None)
+        if res is None:
+            continue
+        used.append(cycle)
+        span = res.scale.span
+        for g in await read_part(store, org, res, "graders"):
+            hist.setdefault(g.grader_id, []).append(
+                CyclePoint(
+                    cycle=cycle,
+                    leniency=None if g.leniency is None else g.leniency / span,
+                    std_error=None if g.std_error is None else g.std_error / span,
+                    ci_low=None if g.ci_low is None else g.ci_low / span,
+                    ci_high=None if g.ci_high is None else g.ci_high / span,
+                    n_grades=g.n_grades,
+                    flag=g.flag,
+                )
+            )
+    return used, hist

@@ -146,7 +146,7 @@ class SignInPages(Controller):
         return _signin_page(request, next_path=request.query_params.get("next"))
 
     @post("/signin", status_code=303)
-    async def signin(self, request: Request[Any, Any, Any]) -> Response[Any]:
+    async def signin(self, request: Request[Any, Any, Any]) -> Template | Redirect:
         """Check the pasted key; on success a session cookie and a redirect to ``next``."""
         form = await request.form()
         next_path = _safe_next(form.get("next"))

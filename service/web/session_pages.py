@@ -92,7 +92,9 @@ class SessionPages(Controller):
         return await _sessions_page(request, user, cycle)
 
     @post("/", status_code=303)
-    async def create(self, request: Request[Any, Any, Any], cycle: FromPath[str]) -> Any:
+    async def create(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str]
+    ) -> Template | Redirect:
         """Open a session on some owners (every owner of the run when none is named)."""
         user = await require(request, "calibration:run")
         form = await request.form()
@@ -164,7 +166,7 @@ class SessionPages(Controller):
     @post("/{session_id:str}/adjust", status_code=303)
     async def adjust(
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
-    ) -> Any:
+    ) -> Template | Redirect:
         """Set a KR's final grade; the reason code and the comment are both required."""
         user = await require(request, "calibration:run")
         form = await request.form()
@@ -204,7 +206,7 @@ class SessionPages(Controller):
     @post("/{session_id:str}/lock", status_code=303)
     async def lock(
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
-    ) -> Any:
+    ) -> Template | Redirect:
         """Lock the session: its owners' achievements become final."""
         user = await require(request, "calibration:run")
         form = await request.form()

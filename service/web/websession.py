@@ -70,10 +70,12 @@ class NotSignedInError(Exception):
 class PageError(Exception):
     """A page that cannot be shown: the status and a sentence for the reader."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, user: WebUser | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        #: Who is signed in, when known (the error page then offers to sign out).
+        self.user = user
 
 
 class _Stored(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,6 +187,7 @@ async def signed_in_user(request: Request[Any, Any, Any], scopes: Iterable[str] 
             403,
             f"this API key lacks the scope {' or '.join(repr(s) for s in wanted)} "
             "needed for this page",
+            user,
         )
     return user
 

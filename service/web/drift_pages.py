@@ -1,0 +1,113 @@
+"""The drift page for HR: each grader's leniency across cycles, and the drifting graders.
+
+The ranked list is the drift API's own answer (:class:`service.drift_api.DriftController`,
+called in-process), so the page and ``GET /v1/orgs/{org}/drift/graders`` never disagree;
+the figure draws every grader's history read from the published runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from litestar import Controller, Request, Response, get
+from litestar.params import FromPath
+from litestar.response import Template
+
+from calibrate.drift import CyclePoint
+from service.drift_api import DriftController, DriftListOut
+from service.problems import ProblemError
+from service.store import Store
+from service.web import data, plots
+from service.web.pages import PAGE_PREFIX, inline_svg, page, require
+from service.web.websession import PageError
+
+__all__ = ["CONFIDENCE", "FDR", "MIN_CHANGE", "MIN_CYCLES", "DriftPages"]
+
+#: The drift API's defaults, shown on the page.
+MIN_CYCLES = 3
+FDR = 0.05
+MIN_CHANGE = 0.05
+CONFIDENCE = 0.90
+
+
+async def _drift(
+    store: Store, org: str
+) -> tuple[list[str], dict[str, list[CyclePoint]], DriftListOut | None, str | None]:
+    cycles, histories = await data.grader_histories(store, org)
+    try:
+        ranked: DriftListOut = await DriftController.drifting.fn(
+            None,
+            store=store,
+            org=org,
+            cycles=None,
+            min_cycles=MIN_CYCLES,
+            fdr=FDR,
+            min_change=MIN_CHANGE,
+            confidence=CONFIDENCE,
+        )
+    except ProblemError as exc:
+        return cycles, histories, None, exc.detail
+    return cycles, histories, ranked, None
+
+
+def _render(histories: dict[str, list[CyclePoint]], drifting: list[str], fmt: str) -> bytes:
+    return plots.render(plots.drift_figure(histories, drifting), "png" if fmt == "png" else "svg")
+
+
+class DriftPages(Controller):
+    """Grader drift across cycles (scope ``hr:read``)."""
+
+    path = f"{PAGE_PREFIX}/drift"
+    tags = ("web pages",)
+
+    @get("/")
+    async def drift(self, request: Request[Any, Any, Any]) -> Template:
+        """Leniency across cycles with interval bands, and the ranked drifting graders."""
+        user = await require(request, "hr:read")
+        cycles, histories, ranked, error = await _drift(request.app.state.store, user.org)
+        drifting = [t.grader_id for t in ranked.drifting] if ranked else []
+        figure = None
+        if cycles:
+            svg = await anyio.to_thread.run_sync(_render, histories, drifting, "svg")
+            figure = inline_svg(svg)
+        return page(
+            user,
+            "drift.html",
+            cycles=cycles,
+            ranked=ranked,
+            error=error,
+            figure=figure,
+            links={
+                "png": f"{PAGE_PREFIX}/drift/plots/drift.png",
+                "svg": f"{PAGE_PREFIX}/drift/plots/drift.svg",
+            },
+            n_graders=len(histories),
+            settings={
+                "min_cycles": MIN_CYCLES,
+                "fdr": FDR,
+                "min_change": MIN_CHANGE,
+                "confidence": CONFIDENCE,
+            },
+        )
+
+    @get("/plots/{filename:str}")
+    async def plot(
+        self, request: Request[Any, Any, Any], filename: FromPath[str]
+    ) -> Response[bytes]:
+        """The drift figure as a PNG or SVG download (``drift.png``, ``drift.svg``)."""
+        user = await require(request, "hr:read")
+        if filename not in ("drift.png", "drift.svg"):
+            raise PageError(404, f"no plot {filename!r}; use drift.png or drift.svg")
+        fmt = filename.rsplit(".", 1)[1]
+        _, histories, ranked, _ = await _drift(request.app.state.store, user.org)
+        drifting = [t.grader_id for t in ranked.drifting] if ranked else []
+        body = await anyio.to_thread.run_sync(_render, histories, drifting, fmt)
+        return Response(
+            body,
+            media_type="image/png" if fmt == "png" else "image/svg+xml",
+            headers={
+                "Content-Disposition": f'attachment; filename="drift-{user.org}.{fmt}"',
+                "Cache-Control": "no-store",
+            },
+        )

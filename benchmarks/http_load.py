@@ -749,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="HTTP processes")
     parser.add_argument("--redis", nargs="+", choices=REDIS_MODES, default=list(REDIS_MODES))
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--reps", type=int, default=1, help="repetitions, servers interleaved")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk before it")
     parser.add_argument("--connections", type=int, default=64)
@@ -786,32 +787,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             try:
                 key = create_key(redis.url)
-                for workers in args.workers:
-                    for server in args.servers:
-                        name = f"{server}-w{workers}-{mode}"
-                        res = Result(config=f"{server}, {workers} worker(s), Redis {mode}")
-                        results.append(res)
-                        log(f"{res.config}: starting")
-                        try:
-                            svc = Service(server, workers, redis.url, workdir / f"{name}.log")
-                        except RuntimeError as exc:
-                            res.error = str(exc)
-                            log(f"  {exc}")
-                            continue
-                        try:
-                            if "ingest" in args.parts:
-                                run_ingest(svc, redis.pid, key, args, name, res)
-                            if "e2e" in args.parts or "get" in args.parts:
-                                run_e2e(svc, redis.pid, key, args, name, rows, workdir, res)
-                            if "get" in args.parts:
-                                run_get(svc, redis.pid, key, args, res, workdir)
-                            if "healthz" in args.parts:
-                                run_healthz(svc, redis.pid, key, args, res, workdir)
-                        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
-                            res.error = f"{type(exc).__name__}: {exc}"
-                            log(f"  failed: {res.error}")
-                        finally:
-                            svc.stop()
+                # Repetitions interleave the servers, so a change in the machine's load
+                # hits each of them rather than one.
+                plan = [
+                    (rep, workers, server)
+                    for rep in range(1, args.reps + 1)
+                    for workers in args.workers
+                    for server in args.servers
+                ]
+                for rep, workers, server in plan:
+                    name = f"{server}-w{workers}-{mode}-r{rep}"
+                    res = Result(
+                        config=f"{server}, {workers} worker(s), Redis {mode}"
+                        + (f", rep {rep}" if args.reps > 1 else "")
+                    )
+                    results.append(res)
+                    log(f"{res.config}: starting")
+                    try:
+                        svc = Service(server, workers, redis.url, workdir / f"{name}.log")
+                    except RuntimeError as exc:
+                        res.error = str(exc)
+                        log(f"  {exc}")
+                        continue
+                    try:
+                        if "ingest" in args.parts:
+                            run_ingest(svc, redis.pid, key, args, name, res)
+                        if "e2e" in args.parts or "get" in args.parts:
+                            run_e2e(svc, redis.pid, key, args, name, rows, workdir, res)
+                        if "get" in args.parts:
+                            run_get(svc, redis.pid, key, args, res, workdir)
+                        if "healthz" in args.parts:
+                            run_healthz(svc, redis.pid, key, args, res, workdir)
+                    except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+                        res.error = f"{type(exc).__name__}: {exc}"
+                        log(f"  failed: {res.error}")
+                    finally:
+                        svc.stop()
             finally:
                 redis.stop()
     finally:

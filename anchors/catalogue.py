@@ -296,7 +296,7 @@ def load_catalogue(text: str | bytes) -> Catalogue:
     """
     try:
         raw = msgspec.toml.decode(text)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise CatalogueError("<document>", f"not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - set(_TOP_LEVEL_KEYS))
     if unknown:

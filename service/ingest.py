@@ -68,7 +68,7 @@ def _json_rows(body: bytes, key: str) -> list[msgspec.Raw]:
         raise ProblemError(
             400, f"the body must be a JSON array of rows or an object {{{key!r}: [...]}}"
         ) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ProblemError(400, f"malformed JSON: {exc}") from exc
     if isinstance(top, list):
         return top
@@ -103,7 +103,7 @@ def _decode_json(
     for row, raw in enumerate(_json_rows(body, key), start=1):
         try:
             out.append((row, decoder.decode(raw)))
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, UnicodeDecodeError) as exc:  # a row's bytes not UTF-8
             errors.append(
                 FieldProblem(problem=_problem_of(exc), field=_field_of(str(exc)), row=row)
             )

@@ -56,7 +56,7 @@ def _field_of(message: str) -> str | None:
     return None
 
 
-def _problem_of(exc: msgspec.ValidationError) -> str:
+def _problem_of(exc: msgspec.ValidationError | UnicodeDecodeError) -> str:
     return str(exc).split(" - at `", 1)[0]
 
 

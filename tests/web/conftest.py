@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,16 @@ def chromium() -> Path:
     if why is not None:
         pytest.skip(why)
     return CHROMIUM
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    """A store of the test's own, for setting up and checking state next to the app."""
+    s = RedisStore(redis_url)
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @dataclass

@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import NamedTuple
 
 import anyio
 import msgspec
@@ -54,6 +55,7 @@ from service.settings import Settings
 from service.store import ResultPart, Store
 
 __all__ = [
+    "PackedGrades",
     "RunWorker",
     "build_table",
     "compute_run",
@@ -65,7 +67,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("okrcal.runs")
-_grade_decoder = msgspec.msgpack.Decoder(GradeValue)
 _kr_decoder = msgspec.msgpack.Decoder(KRIn)
 _encode = msgspec.msgpack.Encoder().encode
 _catalogues: dict[tuple[str, int], Catalogue] = {}
@@ -93,8 +94,29 @@ async def load_org_catalogue(store: Store, org: str) -> Catalogue:
     return cached
 
 
+class PackedGrades(NamedTuple):
+    """A cycle's stored grades in two blobs: cheap to pickle to a fit process, decoded in bulk.
+
+    ``pairs`` joins the ``kr_id\\x1fgrader_id`` keys with ``\\x1e`` (ids hold no control
+    characters); ``values`` is one msgpack array of the stored values, in the same order.
+    """
+
+    pairs: str
+    values: bytes
+    n: int
+
+    @classmethod
+    def pack(cls, grades: Mapping[str, bytes]) -> PackedGrades:
+        """Pack stored grades (natural key -> encoded :class:`GradeValue`)."""
+        header = b"\xdd" + len(grades).to_bytes(4, "big")  # msgpack array32
+        return cls("\x1e".join(grades), header + b"".join(grades.values()), len(grades))
+
+
+_packed_decoder = msgspec.msgpack.Decoder(list[GradeValue])
+
+
 def build_table(
-    grades: Mapping[str, bytes],
+    grades: Mapping[str, bytes] | PackedGrades,
     krs: Mapping[str, bytes],
     stored_scale: Scale,
     scale: Scale,
@@ -106,17 +128,18 @@ def build_table(
     are converted through the anchor levels. A KR whose evidence cannot be graded
     is calibrated without evidence and named in the warnings.
     """
+    packed = grades if isinstance(grades, PackedGrades) else PackedGrades.pack(grades)
+    decoded = _packed_decoder.decode(packed.values)
     kr_ids: list[str] = []
     grader_ids: list[str] = []
-    values = np.empty(len(grades), dtype=np.float64)
-    owners: dict[str, str] = {}
-    conflicts: set[str] = set()
-    for i, (pair, raw) in enumerate(grades.items()):
+    for pair in packed.pairs.split("\x1e") if packed.n else ():
         kr_id, _, grader_id = pair.partition("\x1f")
-        value = _grade_decoder.decode(raw)
         kr_ids.append(kr_id)
         grader_ids.append(grader_id)
-        values[i] = value.grade
+    values = np.fromiter((v.grade for v in decoded), dtype=np.float64, count=len(decoded))
+    owners: dict[str, str] = {}
+    conflicts: set[str] = set()
+    for kr_id, value in zip(kr_ids, decoded, strict=True):
         if (
             value.owner_id is not None
             and owners.setdefault(kr_id, value.owner_id) != value.owner_id
@@ -153,7 +176,7 @@ def build_table(
 
 
 def fit_cycle(
-    grades: Mapping[str, bytes],
+    grades: Mapping[str, bytes] | PackedGrades,
     krs: Mapping[str, bytes],
     stored_scale: str,
     model: str,
@@ -202,7 +225,7 @@ Computed = tuple[dict[str, str], bytes, dict[ResultPart, list[tuple[str, bytes]]
 
 
 def compute_run(
-    grades: Mapping[str, bytes],
+    grades: Mapping[str, bytes] | PackedGrades,
     krs: Mapping[str, bytes],
     stored_scale: str,
     model: str,
@@ -329,7 +352,7 @@ class RunWorker:
             raise CalibrateError(f"cycle {cycle!r} has no grades")
         job = functools.partial(
             compute_run,
-            grades,
+            PackedGrades.pack(grades),
             krs,
             stored_scale,
             run["model"],

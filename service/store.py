@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import keys as K  # noqa: N812 - short, read as "keys"
@@ -326,6 +326,15 @@ _record_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
 _encode = msgspec.msgpack.Encoder().encode
 
 
+def _resp(args: Sequence[bytes | str | int]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(out)
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -381,6 +390,24 @@ class RedisStore:
                 await client.aclose()
             elif not loop.is_closed():
                 asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+    async def _raw(self, *commands: Sequence[bytes | str | int]) -> list[Any]:
+        """Send ``commands`` packed here, on one connection, and read their replies.
+
+        For commands with tens of thousands of arguments (bulk upserts, saved results):
+        redis-py packs each argument in Python, which costs more than Redis takes to
+        execute them. Error replies raise; the connection is then dropped, not reused.
+        """
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(_resp(c) for c in commands))
+            return [await conn.read_response() for _ in commands]
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     # --- API keys -------------------------------------------------------------------------
 
@@ -463,9 +490,14 @@ class RedisStore:
         for key, value in items:
             args.append(key)
             args.append(value)
-        status, result = await self._upsert(
-            client=self.redis, keys=[*coll.all(), okeys.clock, idem_key], args=args
-        )
+        keys = [*coll.all(), okeys.clock, idem_key]
+        command: list[bytes | str | int] = ["EVALSHA", self._upsert.sha, len(keys), *keys, *args]
+        try:
+            (reply,) = await self._raw(command)
+        except NoScriptError:
+            await self.redis.script_load(_UPSERT)  # Redis restarted or flushed its scripts
+            (reply,) = await self._raw(command)
+        status, result = reply
         text = _s(result)
         replayed = _s(status) == "replay"
         if replayed:
@@ -593,17 +625,22 @@ class RedisStore:
         okeys = K.OrgKeys(org)
         # Nothing reads an attempt's keys before finish_run names that attempt, so a
         # plain pipeline is enough here; chunks keep each command a sensible size.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(okeys.run_part(cycle, run_id, attempt, "fit"), fit)
-            for part, rows in parts.items():
-                data = okeys.run_part(cycle, run_id, attempt, part)
-                index = okeys.run_part(cycle, run_id, attempt, f"{part}:ix")
-                pipe.delete(data, index)
-                for i in range(0, len(rows), 5000):
-                    chunk = rows[i : i + 5000]
-                    pipe.hset(data, mapping=dict(chunk))
-                    pipe.zadd(index, {k: 0 for k, _ in chunk})
-            await pipe.execute()
+        commands: list[list[bytes | str | int]] = [
+            ["SET", okeys.run_part(cycle, run_id, attempt, "fit"), fit]
+        ]
+        for part, rows in parts.items():
+            data = okeys.run_part(cycle, run_id, attempt, part)
+            index = okeys.run_part(cycle, run_id, attempt, f"{part}:ix")
+            commands.append(["DEL", data, index])
+            for i in range(0, len(rows), 5000):
+                chunk = rows[i : i + 5000]
+                hset: list[bytes | str | int] = ["HSET", data]
+                zadd: list[bytes | str | int] = ["ZADD", index]
+                for key, value in chunk:
+                    hset += (key, value)
+                    zadd += (0, key)
+                commands += (hset, zadd)
+        await self._raw(*commands)
 
     async def finish_run(
         self,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -1156,46 +1157,89 @@ class SessionsController(Controller):
         org: FromPath[str],
         cycle: FromPath[str],
         session_id: FromPath[str],
-        format: Annotated[Literal["json", "csv"], QueryParameter()] = "json",
-    ) -> Response[Any]:
-        """The session's audit entries, oldest first, as JSON or CSV."""
+    ) -> list[AuditEntry]:
+        """The session's audit entries, oldest first."""
+        await _load(store, org, cycle, session_id)
+        return await read_audit(store, org, cycle=cycle, session_id=session_id)
+
+    @get(
+        "/{session_id:str}/audit.csv",
+        opt={SCOPE_OPT: ("calibration:run", "hr:read")},
+        media_type="text/csv",
+    )
+    async def session_audit_csv(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: FromPath[str],
+        session_id: FromPath[str],
+    ) -> Response[bytes]:
+        """The session's audit entries as CSV (``data`` as JSON in its column)."""
         await _load(store, org, cycle, session_id)
         entries = await read_audit(store, org, cycle=cycle, session_id=session_id)
-        return _audit_response(entries, format, f"audit-{cycle}-{session_id}")
+        return _csv_response(entries, f"audit-{cycle}-{session_id}")
 
 
-def _audit_response(entries: list[AuditEntry], fmt: str, name: str) -> Response[Any]:
-    if fmt == "csv":
-        return Response(
-            audit_csv(entries),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
-        )
-    return Response(msgspec.json.encode(entries), media_type="application/json")
+def _csv_response(entries: list[AuditEntry], name: str) -> Response[bytes]:
+    return Response(
+        audit_csv(entries),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+    )
+
+
+AuditAfter = Annotated[str | None, QueryParameter(description="entries after this id")]
+AuditLimit = Annotated[int, QueryParameter(ge=1, le=100_000)]
+OneCycle = Annotated[str | None, QueryParameter(description="one cycle")]
+OneSession = Annotated[str | None, QueryParameter(description="one session")]
+
+
+async def _export(
+    store: Store,
+    org: str,
+    cycle: str | None,
+    session_id: str | None,
+    after: str | None,
+    limit: int,
+) -> list[AuditEntry]:
+    if after is not None and not re.fullmatch(r"\d+-\d+", after):
+        raise _bad(f"invalid entry id {after!r}", "after", "an id looks like 1700000000000-0")
+    return await read_audit(
+        store, org, cycle=cycle, session_id=session_id, after=after, limit=limit
+    )
 
 
 class AuditController(Controller):
     """The organisation's audit log (read only: no route edits or deletes it)."""
 
-    path = "/v1/orgs/{org:str}/audit"
+    path = "/v1/orgs/{org:str}"
     guards = (require_scope,)
+    opt = {SCOPE_OPT: ("calibration:run", "hr:read")}  # noqa: RUF012 - merged into each route
     tags = ("sessions",)
 
-    @get("/", opt={SCOPE_OPT: ("calibration:run", "hr:read")})
+    @get("/audit")
     async def export(
         self,
         store: NamedDependency[Store],
         org: FromPath[str],
-        cycle: Annotated[str | None, QueryParameter(description="one cycle")] = None,
-        session_id: Annotated[str | None, QueryParameter(description="one session")] = None,
-        after: Annotated[str | None, QueryParameter(description="entries after this id")] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100_000)] = 10_000,
-        format: Annotated[Literal["json", "csv"], QueryParameter()] = "json",
-    ) -> Response[Any]:
-        """Audit entries oldest first, as JSON or CSV, optionally of one cycle or session."""
-        if after is not None and not after.replace("-", "").isdigit():
-            raise _bad(f"invalid entry id {after!r}", "after", "an id looks like 1700000000000-0")
-        entries = await read_audit(
-            store, org, cycle=cycle, session_id=session_id, after=after, limit=limit
-        )
-        return _audit_response(entries, format, f"audit-{org}")
+        cycle: OneCycle = None,
+        session_id: OneSession = None,
+        after: AuditAfter = None,
+        limit: AuditLimit = 10_000,
+    ) -> list[AuditEntry]:
+        """Audit entries oldest first, optionally of one cycle or session."""
+        return await _export(store, org, cycle, session_id, after, limit)
+
+    @get("/audit.csv", media_type="text/csv")
+    async def export_csv(
+        self,
+        store: NamedDependency[Store],
+        org: FromPath[str],
+        cycle: OneCycle = None,
+        session_id: OneSession = None,
+        after: AuditAfter = None,
+        limit: AuditLimit = 10_000,
+    ) -> Response[bytes]:
+        """The same entries as CSV (``data`` as JSON in its column)."""
+        entries = await _export(store, org, cycle, session_id, after, limit)
+        return _csv_response(entries, f"audit-{org}")

@@ -238,12 +238,18 @@ async def test_full_session_from_create_to_lock_then_owners_final(
     locked = entries[5]["data"]
     assert {o["owner_id"] for o in locked["final_owners"]} == {"o0", "o1", "o2"}
     # the failed what-if (already graded) changed nothing and is not an entry
-    r = await c.get(f"/v1/orgs/{org}/audit", params={"format": "csv"}, headers=h)
+    r = await c.get(f"/v1/orgs/{org}/audit.csv", headers=h)
     assert r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [row["type"] for row in rows] == kinds
     assert all(row["session_id"] == sid for row in rows)
     assert rows[3]["data"].startswith("{")
+    r = await c.get(f"{base}/audit.csv", headers=h)
+    assert [row["type"] for row in csv.DictReader(io.StringIO(r.text))] == kinds
+    r = await c.get(f"/v1/orgs/{org}/audit", params={"after": entries[4]["id"]}, headers=h)
+    assert [e["type"] for e in r.json()] == kinds[5:]
+    r = await c.get(f"/v1/orgs/{org}/audit", params={"after": "x"}, headers=h)
+    assert r.status_code == 400
 
 
 async def test_session_bad_input_names_the_problem(

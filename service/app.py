@@ -75,7 +75,7 @@ from service.schemas import (
 )
 from service.sessions import AuditController, SessionsController, final_owner_view
 from service.settings import Settings
-from service.store import ApiKeyRecord, IdempotencyConflictError, Item, ResultPart, Store
+from service.store import ApiKeyRecord, IdempotencyConflictError, Item, ItemKind, ResultPart, Store
 from service.web import WebPlugin
 
 __all__ = ["create_app"]
@@ -476,7 +476,7 @@ async def _upsert(
     settings: Settings,
     org: str,
     cycle: str,
-    kind: Any,
+    kind: ItemKind,
     items: list[tuple[str, bytes]],
     body: bytes,
     extra: str,

@@ -311,6 +311,10 @@ class CyclePages(Controller):
         context: dict[str, Any] = {"cycle": cycle, "runs": runs, "res": res, "why": why}
         if res is not None:
             rid = res.run_id if run_id else None
+            # the run's overview keeps no per-grader rows: they are a result part of their own
+            graders: list[GraderEffect] = await data.read_part(store, user.org, res, "graders")
+            withheld = small_group_reason(len(graders), MIN_GRADERS)
+            flagged = [g for g in graders if g.flag not in ("ok", "insufficient_data")]
             dist, _ = await plot_figure(store, user, cycle, "distribution", rid, None)
             var, _ = await plot_figure(store, user, cycle, "variance", rid, None)
             context.update(
@@ -319,7 +323,8 @@ class CyclePages(Controller):
                 variance=await _svg(var),
                 variance_links=plot_links(cycle, "variance", rid),
                 v=res.fit.variance,
-                flagged=res.fit.flagged(),
+                flagged=flagged,
+                grader_stats_withheld=withheld is not None,
                 run_query=f"?run={quote(rid, safe='')}" if rid else "",
                 gaps=_largest_gaps(await data.read_part(store, user.org, res, "krs")),
             )

@@ -102,7 +102,7 @@ def _levels(ax: Axes, scale: Scale, *, vertical: bool) -> None:
 
 def distribution_figure(krs: Sequence[KRScore], scale: Scale) -> Figure:
     """Histogram of raw against calibrated KR grades, with the anchor level boundaries."""
-    fig = _figure(7.0, 3.2)
+    fig = _figure(7.0, 3.6)
     ax = fig.add_subplot()
     raw = [k.raw_grade for k in krs]
     cal = [k.calibrated_grade for k in krs if k.calibrated_grade is not None]
@@ -120,7 +120,7 @@ def distribution_figure(krs: Sequence[KRScore], scale: Scale) -> Figure:
     ax.set_xlim(scale.low, scale.high)
     ax.set_xlabel(f"KR grade ({scale.name} scale; dotted: anchor level boundaries)")
     ax.set_ylabel("KRs")
-    ax.legend(loc="upper left", frameon=False, fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False, fontsize=9)
     ax.set_title("Raw against calibrated KR grades", fontsize=11)
     return fig
 

@@ -48,6 +48,7 @@ def test_facilitator_session_from_sign_in_to_final(
     # cycle overview: both figures, the runs with the published one marked
     _wait(driver, "#plot-distribution svg")
     assert driver.find_element(By.CSS_SELECTOR, "#plot-variance svg")
+    assert driver.find_element(By.ID, "flagged-link").text.startswith("1 grader(s) flagged")
     published = driver.find_elements(By.CSS_SELECTOR, "#runs tr.published")
     assert len(published) == 1
     assert seeded.run_id in published[0].text

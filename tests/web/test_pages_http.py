@@ -213,6 +213,7 @@ async def test_pages_plots_and_small_group_notice(web: Any, store: RedisStore) -
     assert overview.status_code == 200
     assert run_id in overview.text
     assert 'id="plot-distribution"' in overview.text
+    assert "grader statistics withheld" in overview.text
     graders = await web.get("/ui/cycles/c1/graders")
     assert 'id="small-group"' in graders.text
     assert "withheld" in graders.text

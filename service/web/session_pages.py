@@ -15,13 +15,13 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from anchors import parse_scale
 from calibrate.session import Agenda
-from service.audit import AuditEntry, read_audit
+from service.audit import AuditEntry, audit_csv, read_audit
 from service.problems import ProblemError
 from service.sessions import (
     REASON_CODES,
@@ -126,6 +126,23 @@ class SessionPages(Controller):
         """Agenda, what-if, adjustments, lock and the audit log of one session."""
         user = await require(request, *_READ)
         return await _session_page(request, user, cycle, session_id)
+
+    @get("/{session_id:str}/audit.csv")
+    async def audit_export(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
+    ) -> Response[bytes]:
+        """The session's audit entries as CSV (what ``.../audit?format=csv`` of the API gives)."""
+        user = await require(request, "calibration:run", "hr:read")
+        await _call(SessionsController.get_session, request, user, cycle, session_id=session_id)
+        entries = await read_audit(
+            request.app.state.store, user.org, cycle=cycle, session_id=session_id
+        )
+        name = f"audit-{cycle}-{session_id}.csv".replace('"', "")
+        return Response(
+            audit_csv(entries),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @post("/{session_id:str}/what-if", status_code=200)
     async def what_if(

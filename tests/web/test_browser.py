@@ -180,6 +180,12 @@ def test_facilitator_session_from_sign_in_to_final(
             headers=facilitator,
         ).json()
     assert final["state"] == "final"
+    with httpx.Client(base_url=live_server.url, cookies=jar) as client:
+        csv_url = driver.find_element(By.ID, "audit-csv").get_attribute("href")
+        exported = client.get(csv_url)
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert exported.text.count("\n") == 5  # the header and the four entries
+    assert "adjustment.set" in exported.text
     mine = [s["final_grade"] for s in scores_api if s["owner_id"] == owner]
     assert abs(final["achievement"] - sum(mine) / len(mine)) < 1e-9
     assert target_kr in (final["reason"] or "")

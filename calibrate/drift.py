@@ -7,9 +7,9 @@ published run from that cycle's scale), so cycles on different scales compare.
 Drift of one grader (:func:`drift_test`)
     *Change*: the latest cycle's leniency against the grader's own earlier cycles
     (inverse-variance mean). The earlier cycles may disagree by more than their
-    standard errors say; that between-cycle variance (DerSimonian–Laird) is added
-    to both sides, so a grader who always wobbles is not called drifting for
-    one more wobble.
+    standard errors say; that between-cycle variance (DerSimonian–Laird; at least
+    the organisation's pooled value with :func:`drift_tests`) is added to both
+    sides, so a grader who always wobbles is not called drifting for one more wobble.
     *Trend*: weighted least-squares slope of leniency on cycle number, its
     standard error inflated when the points scatter more than their errors allow.
 
@@ -47,6 +47,8 @@ __all__ = [
     "SandbagFlag",
     "SelfGrading",
     "drift_test",
+    "drift_tests",
+    "pooled_between_cycle_sd",
     "rank_drifting",
     "sandbagging",
     "self_grading",
@@ -142,16 +144,58 @@ def _p(z: float) -> float:
     return float(2.0 * scipy.stats.norm.sf(abs(z)))
 
 
-def _tau2(x: np.ndarray, v: np.ndarray) -> float:
-    """DerSimonian–Laird between-cycle variance of estimates ``x`` with variances ``v``."""
+def _dl_parts(x: np.ndarray, v: np.ndarray) -> tuple[float, int, float]:
+    """DerSimonian–Laird pieces of estimates ``x`` with variances ``v``: Q, its df, denominator."""
     k = x.shape[0]
     if k < 2:
-        return 0.0
+        return 0.0, 0, 0.0
     w = 1.0 / v
     mean = float(np.sum(w * x) / np.sum(w))
     q = float(np.sum(w * (x - mean) ** 2))
-    denom = float(np.sum(w) - np.sum(w**2) / np.sum(w))
-    return max(0.0, (q - (k - 1)) / denom) if denom > 0 else 0.0
+    return q, k - 1, float(np.sum(w) - np.sum(w**2) / np.sum(w))
+
+
+def _tau2(x: np.ndarray, v: np.ndarray) -> float:
+    """DerSimonian–Laird between-cycle variance of estimates ``x`` with variances ``v``."""
+    q, df, denom = _dl_parts(x, v)
+    return max(0.0, (q - df) / denom) if denom > 0 else 0.0
+
+
+def _usable(history: Sequence[CyclePoint]) -> list[CyclePoint]:
+    return [
+        p
+        for p in history
+        if p.leniency is not None
+        and p.std_error is not None
+        and math.isfinite(p.leniency)
+        and math.isfinite(p.std_error)
+        and p.std_error > 0
+    ]
+
+
+def pooled_between_cycle_sd(histories: Mapping[str, Sequence[CyclePoint]]) -> float:
+    """Between-cycle SD of leniency pooled over graders, from their cycles before the latest.
+
+    One grader's few cycles estimate their own between-cycle variance poorly (often
+    as 0); the organisation's graders together estimate it well. :func:`drift_tests`
+    uses it as a floor, so ordinary cycle-to-cycle movement is not called drift.
+    The latest cycle is left out: it is the one under test.
+
+    >>> h = {g: [CyclePoint(cycle=f"c{i}", leniency=v, std_error=0.01)
+    ...          for i, v in enumerate((0.1, -0.1, 0.1, 0.0))] for g in "abc"}
+    >>> round(pooled_between_cycle_sd(h), 2)
+    0.12
+    """
+    q_sum = df_sum = denom_sum = 0.0
+    for history in histories.values():
+        usable = _usable(history)[:-1]
+        x = np.array([p.leniency for p in usable], dtype=np.float64)
+        v = np.array([p.std_error for p in usable], dtype=np.float64) ** 2
+        q, df, denom = _dl_parts(x, v)
+        q_sum, df_sum, denom_sum = q_sum + q, df_sum + df, denom_sum + denom
+    if denom_sum <= 0:
+        return 0.0
+    return math.sqrt(max(0.0, (q_sum - df_sum) / denom_sum))
 
 
 def _blank(grader_id: str, n: int, latest: CyclePoint | None, reason: str) -> DriftTest:
@@ -183,6 +227,7 @@ def drift_test(
     *,
     confidence: float = 0.90,
     min_cycles: int = 3,
+    between_cycle_sd_floor: float = 0.0,
 ) -> DriftTest:
     """Change test (latest cycle vs the grader's own history) and trend, with standard errors.
 
@@ -197,6 +242,9 @@ def drift_test(
         Coverage of the intervals.
     min_cycles
         Fewer usable cycles than this and nothing is estimated (the reason says so).
+    between_cycle_sd_floor
+        The grader's between-cycle SD is taken as at least this (e.g. the organisation's,
+        from :func:`pooled_between_cycle_sd`); 0 uses the grader's own estimate alone.
 
     Examples
     --------
@@ -208,15 +256,7 @@ def drift_test(
     if min_cycles < 3:
         raise InputError(f"min_cycles must be at least 3, got {min_cycles}", field="min_cycles")
     z = _z(confidence)
-    usable = [
-        p
-        for p in history
-        if p.leniency is not None
-        and p.std_error is not None
-        and math.isfinite(p.leniency)
-        and math.isfinite(p.std_error)
-        and p.std_error > 0
-    ]
+    usable = _usable(history)
     n = len(usable)
     latest = history[-1] if history else None
     if n < min_cycles:
@@ -239,7 +279,7 @@ def drift_test(
 
     # change: latest against the earlier cycles, with their between-cycle variance
     prev_x, prev_v = x[:-1], v[:-1]
-    tau2 = _tau2(prev_x, prev_v)
+    tau2 = max(_tau2(prev_x, prev_v), between_cycle_sd_floor**2)
     w = 1.0 / (prev_v + tau2)
     baseline = float(np.sum(w * prev_x) / np.sum(w))
     change = float(x[-1] - baseline)
@@ -276,6 +316,30 @@ def drift_test(
         between_cycle_sd=math.sqrt(tau2),
         direction="more_lenient" if change > 0 else "more_severe",
     )
+
+
+def drift_tests(
+    histories: Mapping[str, Sequence[CyclePoint]],
+    *,
+    confidence: float = 0.90,
+    min_cycles: int = 3,
+    pooled: bool = True,
+) -> list[DriftTest]:
+    """:func:`drift_test` for every grader, with the pooled between-cycle SD as a floor.
+
+    ``pooled=False`` tests each grader against their own history alone.
+    """
+    floor = pooled_between_cycle_sd(histories) if pooled else 0.0
+    return [
+        drift_test(
+            g,
+            h,
+            confidence=confidence,
+            min_cycles=min_cycles,
+            between_cycle_sd_floor=floor,
+        )
+        for g, h in sorted(histories.items())
+    ]
 
 
 def rank_drifting(

@@ -26,6 +26,8 @@ from calibrate.drift import (
     SandbagFlag,
     SelfGrading,
     drift_test,
+    drift_tests,
+    pooled_between_cycle_sd,
     rank_drifting,
     sandbagging,
     self_grading,
@@ -203,10 +205,11 @@ class DriftController(Controller):
     ) -> DriftListOut:
         """Drifting graders ranked by assured size (|change| − z·SE), with FDR control."""
         used, hist = await _histories(store, org, await _cycles(store, org, cycles))
-        tests = [
-            drift_test(g, _with_gaps(used, pts), confidence=confidence, min_cycles=min_cycles)
-            for g, pts in sorted(hist.items())
-        ]
+        tests = drift_tests(
+            {g: _with_gaps(used, pts) for g, pts in hist.items()},
+            confidence=confidence,
+            min_cycles=min_cycles,
+        )
         ranked = rank_drifting(tests, fdr=fdr, min_change=min_change, confidence=confidence)
         n_tested = sum(1 for t in ranked if t.change_p is not None)
         return DriftListOut(
@@ -240,7 +243,15 @@ class DriftController(Controller):
                 f"grader {grader_id!r} has no history: they appear in no published run of {where}",
             )
         history = _with_gaps(used, points)
-        test = drift_test(grader_id, history, confidence=confidence, min_cycles=min_cycles)
+        # the organisation's between-cycle SD as a floor, as in the HR list
+        floor = pooled_between_cycle_sd({g: _with_gaps(used, p) for g, p in hist.items()})
+        test = drift_test(
+            grader_id,
+            history,
+            confidence=confidence,
+            min_cycles=min_cycles,
+            between_cycle_sd_floor=floor,
+        )
         return GraderDriftOut(grader_id=grader_id, cycles=used, history=history, test=test)
 
     @get("/self-grading")

@@ -12,6 +12,8 @@ from calibrate.drift import (
     SANDBAG_MESSAGE,
     CyclePoint,
     drift_test,
+    drift_tests,
+    pooled_between_cycle_sd,
     rank_drifting,
     sandbagging,
     self_grading,
@@ -164,7 +166,7 @@ def test_drift_detection_on_a_seeded_multi_cycle_simulation() -> None:
             histories.setdefault(g.grader_id, []).append(
                 CyclePoint(cycle=f"c{c}", leniency=g.leniency, std_error=g.std_error)
             )
-    ranked = rank_drifting([drift_test(g, h) for g, h in histories.items()])
+    ranked = rank_drifting(drift_tests(histories))
     flagged = {t.grader_id for t in ranked if t.drifting}
     truth = {sim.grader_ids[i] for i in drifters.tolist()}
     recall = len(flagged & truth) / len(truth)
@@ -174,3 +176,17 @@ def test_drift_detection_on_a_seeded_multi_cycle_simulation() -> None:
     assert false_alarm <= 0.05
     # the most assured drifters lead the list and are real ones
     assert ranked[0].grader_id in truth
+
+
+def test_pooled_between_cycle_sd_floors_a_grader_with_a_quiet_history() -> None:
+    wobbly = {f"w{i}": _pts([0.1, -0.1, 0.1, -0.1, 0.0], se=0.01) for i in range(5)}
+    quiet = _pts([0.0, 0.0, 0.0, 0.0, 0.12], se=0.01)
+    floor = pooled_between_cycle_sd({**wobbly, "q": quiet})
+    assert 0.08 < floor < 0.12
+    own = drift_test("q", quiet)
+    floored = {t.grader_id: t for t in drift_tests({**wobbly, "q": quiet})}["q"]
+    assert own.change_p is not None
+    assert own.change_p < 1e-6  # by its own history alone, a clear change
+    assert floored.change_p is not None
+    assert floored.change_p > 0.1  # the organisation moves this much cycle to cycle
+    assert {t.grader_id for t in drift_tests(wobbly, pooled=False)} == set(wobbly)

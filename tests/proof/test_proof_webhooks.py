@@ -1,0 +1,136 @@
+"""Webhook receivers down: deliveries are retried, then marked failed, and the API is not held up.
+
+Two receivers are down in two ways: nothing listens on the port (connection refused at
+once), and one accepts the connection and never answers (each attempt waits for the
+worker's timeout). A webhook worker delivers beside the API on the same event loop, as
+in the service; while it retries, the API keeps answering quickly. Afterwards the
+delivery log holds every attempt of each delivery, the last one marked as given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.events import WebhookWorker, emit
+from service.settings import Settings
+from service.store import RedisStore
+from tests.conftest import new_org
+from tests.proof.procs import RedisServer, free_port
+from tests.service.conftest import grades_rows, make_key
+
+ATTEMPTS = 3
+TIMEOUT = 1.0
+
+
+@contextlib.asynccontextmanager
+async def silent_receiver() -> AsyncIterator[tuple[str, list[float]]]:
+    """Accepts connections, reads, and never answers."""
+    accepted: list[float] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(time.monotonic())
+        held.append(writer)
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", accepted
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+
+
+def _refused_url() -> str:
+    port = free_port()
+    with socket.socket() as s:  # nothing listens there: connecting is refused at once
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    return f"http://127.0.0.1:{port}/hook"
+
+
+async def test_receivers_down_retried_then_failed_and_the_api_is_not_blocked(
+    tmp_path: Path,
+) -> None:
+    org = new_org()
+    with RedisServer(tmp_path / "redis", fsync="no") as server:
+        store = RedisStore(server.url)
+        h = await make_key(store, org, "admin")
+        # not entered as a context manager: the app's own webhook worker (default, slow
+        # retries) stays off, so only the fast worker below delivers
+        app = create_app(Settings(run_workers=0), RedisStore(server.url))
+        client = AsyncTestClient(app)
+        worker = WebhookWorker(
+            store, max_attempts=ATTEMPTS, backoff_seconds=0.2, timeout_seconds=TIMEOUT
+        )
+        spans: list[tuple[float, float]] = []  # (sent, answered) of every API request
+        async with silent_receiver() as (silent_url, accepted):
+            endpoints = {}
+            for url in (_refused_url(), silent_url):
+                r = await client.post(
+                    f"/v1/orgs/{org}/webhooks",
+                    json={"url": url, "events": ["calibration.completed"]},
+                    headers=h,
+                )
+                assert r.status_code == 201, r.text
+                endpoints[r.json()["endpoint"]["endpoint_id"]] = url
+            stop = anyio.Event()
+            deliveries: list[dict[str, object]] = []
+
+            async def given_up() -> bool:
+                r = await client.get(f"/v1/orgs/{org}/webhooks/deliveries", headers=h)
+                assert r.status_code == 200
+                deliveries[:] = r.json()
+                done = [d for d in deliveries if d["next_attempt_at"] is None and not d["ok"]]
+                return len(done) == len(endpoints)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.run, stop)
+                await emit(store, org, "calibration.completed", {"cycle": "c1", "run_id": "r1"})
+                deadline = time.monotonic() + 60
+                i = 0
+                while not await given_up():
+                    assert time.monotonic() < deadline, deliveries
+                    # the API meanwhile: reads and writes, timed
+                    started = time.monotonic()
+                    rows = grades_rows(5, 2, offset=(i % 5) / 100)
+                    r = await client.post(f"/v1/orgs/{org}/cycles/c1/grades", json=rows, headers=h)
+                    assert r.status_code == 200
+                    r = await client.get(f"/v1/orgs/{org}/cycles/c1/grades", headers=h)
+                    assert r.status_code == 200
+                    spans.append((started, time.monotonic()))
+                    i += 1
+                    await asyncio.sleep(0.02)
+                stop.set()
+        await store.close()
+    by_endpoint: dict[str, list[dict[str, object]]] = {}
+    for d in deliveries:
+        by_endpoint.setdefault(str(d["endpoint_id"]), []).append(d)
+    assert set(by_endpoint) == set(endpoints)
+    for attempts in by_endpoint.values():
+        attempts.sort(key=lambda d: int(str(d["attempt"])))
+        assert [d["attempt"] for d in attempts] == list(range(1, ATTEMPTS + 1))
+        assert not any(d["ok"] for d in attempts)
+        assert len({d["delivery_id"] for d in attempts}) == 1  # one delivery, retried
+        assert all(d["next_attempt_at"] is not None for d in attempts[:-1])
+        assert "gave up" in str(attempts[-1]["error"])
+    assert len(accepted) == ATTEMPTS  # the silent receiver saw every attempt, each timed out
+    # While the worker waited on the silent receiver (1 s, three times), the API kept
+    # answering: requests completed inside those windows. (Single stalls of a second
+    # happen on a loaded machine without any webhook worker, so no one request is held
+    # to a bound; a blocked loop would answer nothing inside the windows.)
+    windows = [(a, a + TIMEOUT) for a in accepted]
+    answered = [sum(a < end < b for _, end in spans) for a, b in windows]
+    assert sum(n > 0 for n in answered) >= ATTEMPTS - 1, answered
+    latencies = sorted(end - sent for sent, end in spans)
+    assert latencies[len(latencies) // 2] < TIMEOUT / 4, latencies

@@ -51,6 +51,7 @@ from service.web.websession import (
 
 __all__ = [
     "MIN_GRADERS",
+    "PAGE_HEADERS",
     "PAGE_PREFIX",
     "CyclePages",
     "SignInPages",
@@ -65,6 +66,17 @@ PAGE_PREFIX = "/ui"
 #: Fewer graders than this in a cycle and per-grader statistics are withheld (as in sessions).
 MIN_GRADERS = 4
 READ_SCOPES = ("scores:read", "calibration:run", "hr:read")
+#: Headers of every page: not cached (pages carry pay-related numbers), no scripts at all,
+#: no framing, forms post only here. Inline styles stay allowed: matplotlib's SVG uses them.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 _XML_PROLOGUE = re.compile(rb"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.DOTALL)
 
 
@@ -84,7 +96,7 @@ def page(
         template_name=name,
         context={"user": user, "csrf_field": CSRF_FIELD, "prefix": PAGE_PREFIX, **context},
         status_code=status_code,
-        headers={"Cache-Control": "no-store"},
+        headers=PAGE_HEADERS,
     )
 
 
@@ -158,6 +170,9 @@ class SignInPages(Controller):
             session_id, _ = await sign_in(request.app.state.store, request.app.state.settings, key)
         except PageError as exc:
             return _signin_page(request, next_path, error=f"api_key: {exc.message}", status=401)
+        previous = request.cookies.get(COOKIE)
+        if previous:  # signing in again replaces the session rather than leaving it behind
+            await end_session(request.app.state.store, previous)
         return Redirect(
             next_path,
             status_code=303,

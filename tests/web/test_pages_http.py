@@ -115,6 +115,12 @@ async def test_sign_in_sets_a_strict_httponly_cookie_and_stores_no_key(
     page = await web.get("/ui/cycles")
     assert page.status_code == 200
     assert org in page.text
+    assert "script-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    # signing in again replaces the session
+    again = await _sign_in(web, key)
+    assert again.status_code == 303
+    assert await store.redis.get(session_key(session_id)) is None
 
 
 async def test_sign_in_refuses_bad_keys_and_missing_csrf(web: Any, store: RedisStore) -> None:

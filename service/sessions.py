@@ -261,9 +261,10 @@ redis.call('XADD', KEYS[4], '*', unpack(ARGV, 4))
 return 'ok'
 """
 
-# Locking checks the session is open and that no adjustment arrived since the final
-# achievements were computed (the log's length), then freezes: status, the final
-# owners, the cycle's count of locked sessions, and the audit entry, all at once.
+# Locking checks the session is open, that no adjustment arrived since the final
+# achievements were computed (the log's length), and that no owner is already final
+# through another locked session (one final value per owner), then freezes: status,
+# the final owners, the cycle's count of locked sessions, and the audit entry, at once.
 # KEYS: session, final owners, cycle, audit, adjustment log
 # ARGV: adjustments seen, now µs, key id, key name, n audit values, audit pairs...,
 #       then owner / record pairs
@@ -272,9 +273,15 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'open' then return st end
 if redis.call('LLEN', KEYS[5]) ~= tonumber(ARGV[1]) then return 'conflict' end
+local n = tonumber(ARGV[5])
+for i = 6 + n, #ARGV, 3 do
+  local owner_session = redis.call('HGET', KEYS[2], 's:' .. ARGV[i])
+  if owner_session and owner_session ~= ARGV[i + 2] then
+    return 'overlap:' .. ARGV[i] .. ':' .. owner_session
+  end
+end
 redis.call('HSET', KEYS[1], 'status', 'locked', 'locked_us', ARGV[2], 'locked_by', ARGV[3],
   'locked_by_name', ARGV[4])
-local n = tonumber(ARGV[5])
 redis.call('XADD', KEYS[4], '*', unpack(ARGV, 6, 5 + n))
 for i = 6 + n, #ARGV, 3 do
   redis.call('HSET', KEYS[2], 'o:' .. ARGV[i], ARGV[i + 1], 's:' .. ARGV[i], ARGV[i + 2])
@@ -1075,6 +1082,13 @@ class SessionsController(Controller):
             )
             if outcome == "conflict":
                 continue  # an adjustment landed meanwhile: recompute with it
+            if outcome.startswith("overlap:"):
+                owner, _, other = outcome.removeprefix("overlap:").rpartition(":")
+                raise ProblemError(
+                    409,
+                    f"owner {owner!r} is already final through locked session {other!r}; "
+                    "reopen that session (admin) or leave the owner out of this one",
+                )
             if outcome == "missing":
                 raise ProblemError(404, f"no session {session_id!r} in cycle {cycle!r}")
             if outcome != "ok":

@@ -446,3 +446,29 @@ async def test_adjustments_racing_a_lock_are_in_the_final_scores_or_refused(
     assert sum(e["type"] == "adjustment.set" for e in audit) == len(accepted)
     assert audit[-1]["type"] == "session.locked"
     assert audit[-1]["data"]["n_adjustments"] == len(accepted)
+
+
+async def test_an_owner_is_final_through_one_locked_session_at_a_time(
+    worker_client: Client, store: RedisStore, org: str
+) -> None:
+    c = worker_client
+    h = await seed_cycle(c, store, org)
+    admin = await make_key(store, org, "admin")
+    cyc = f"/v1/orgs/{org}/cycles/c1"
+    body_a = {"facilitator": "a", "owner_ids": ["o0", "o1"]}
+    body_b = {"facilitator": "b", "owner_ids": ["o1", "o2"]}
+    a = (await c.post(f"{cyc}/sessions", json=body_a, headers=h)).json()
+    b = (await c.post(f"{cyc}/sessions", json=body_b, headers=h)).json()
+    assert (await c.post(f"{cyc}/sessions/{a['session_id']}/lock", headers=h)).status_code == 200
+    r = await c.post(f"{cyc}/sessions/{b['session_id']}/lock", headers=h)
+    assert r.status_code == 409
+    assert "'o1'" in r.json()["detail"]
+    assert a["session_id"] in r.json()["detail"]
+    assert (await c.get(f"{cyc}/sessions/{b['session_id']}", headers=h)).json()["status"] == "open"
+    assert (await c.get(f"{cyc}/owners/o2", headers=h)).json()["state"] == "published-provisional"
+    reopen = {"reason": "o1 moves to session b"}
+    r = await c.post(f"{cyc}/sessions/{a['session_id']}/reopen", json=reopen, headers=admin)
+    assert r.status_code == 200
+    assert (await c.post(f"{cyc}/sessions/{b['session_id']}/lock", headers=h)).status_code == 200
+    assert (await c.get(f"{cyc}/owners/o2", headers=h)).json()["state"] == "final"
+    assert (await c.get(f"{cyc}/owners/o0", headers=h)).json()["state"] == "published-provisional"

@@ -200,3 +200,48 @@ async def test_audit_routes_are_read_only(tenants: Tenants) -> None:
         for method in ("POST", "PUT", "PATCH", "DELETE"):
             r = await _call(tenants.client, method, url, tenants.keys["a_admin"])
             assert r.status_code in (404, 405), (method, path, r.status_code)
+
+
+async def test_the_audit_log_cannot_be_changed_through_any_endpoint(
+    tenants: Tenants, redis_url: str
+) -> None:
+    from service import keys as K  # noqa: N812 - read as "keys"
+    from tests.service.test_sessions_api import seed_cycle
+
+    c = tenants.client
+    org = tenants.a
+    store = RedisStore(redis_url)
+    try:
+        h = await seed_cycle(c, store, org)
+        cyc = f"/v1/orgs/{org}/cycles/c1"
+        r = await c.post(
+            f"{cyc}/sessions", json={"facilitator": "f", "owner_ids": ["o0"]}, headers=h
+        )
+        assert r.status_code == 201, r.text
+        sid = r.json()["session_id"]
+        change = {"changes": [{"type": "override_grade", "kr_id": "k0", "grade": 0.9}]}
+        assert (await c.post(f"{cyc}/sessions/{sid}/what-if", json=change, headers=h)).is_success
+        adjust = {"kr_id": "k0", "final_grade": 0.7, "reason_code": "context", "comment": "x"}
+        r = await c.post(f"{cyc}/sessions/{sid}/adjustments", json=adjust, headers=h)
+        assert r.status_code == 201, r.text
+        stream = K.OrgKeys(org).audit
+        before = await store.redis.xrange(stream)
+        assert len(before) >= 3
+        first_id = before[0][0].decode()
+        # every writing route, with empty and hostile bodies, ids pointing at the log
+        values = {"org": org, "cycle": "c1", "session_id": sid}
+        hostile = [{}, {"id": first_id, "type": "forged", "data": "{}"}, [first_id]]
+        for method, path, _ in org_routes(tenants.app):
+            if method == "GET":
+                continue
+            url = _PARAM.sub(lambda m: values.get(m.group(1), first_id), path)
+            for body in hostile:
+                r = await c.request(method, url, json=body, headers=_h(tenants.keys["a_admin"]))
+                assert r.status_code < 500, (method, path, r.text)
+        after = await store.redis.xrange(stream)
+    finally:
+        await store.close()
+    # entries may only have been added (a reopen, say), never changed or removed
+    assert after[: len(before)] == before
+    exported = (await c.get(f"/v1/orgs/{org}/audit", headers=_h(tenants.keys["a_admin"]))).json()
+    assert exported

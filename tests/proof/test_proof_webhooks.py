@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
@@ -24,7 +25,7 @@ from service.events import WebhookWorker, emit
 from service.settings import Settings
 from service.store import RedisStore
 from tests.conftest import new_org
-from tests.proof.procs import RedisServer, free_port
+from tests.proof.procs import ApiProcess, RedisServer, create_key, free_port
 from tests.service.conftest import grades_rows, make_key
 
 ATTEMPTS = 3
@@ -134,3 +135,46 @@ async def test_receivers_down_retried_then_failed_and_the_api_is_not_blocked(
     assert sum(n > 0 for n in answered) >= ATTEMPTS - 1, answered
     latencies = sorted(end - sent for sent, end in spans)
     assert latencies[len(latencies) // 2] < TIMEOUT / 4, latencies
+
+
+@pytest.mark.slow
+def test_the_service_process_gives_up_on_a_dead_receiver_with_its_defaults(
+    tmp_path: Path,
+) -> None:
+    # The service as deployed: its own webhook worker (6 attempts, backoff 1 s doubling),
+    # a receiver that refuses connections, and compensation reads going on meanwhile.
+    import httpx
+
+    org = new_org()
+    with RedisServer(tmp_path / "redis", fsync="no") as server:
+        key, _ = create_key(server.url, org, "admin")
+        with ApiProcess(server.url, tmp_path / "api.log") as api:
+            h = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(base_url=api.base, headers=h, timeout=30) as c:
+                r = c.post(
+                    f"/v1/orgs/{org}/webhooks",
+                    json={"url": _refused_url(), "events": ["calibration.completed"]},
+                )
+                assert r.status_code == 201, r.text
+
+                async def fire() -> None:
+                    store = RedisStore(server.url)
+                    try:
+                        await emit(store, org, "calibration.completed", {"cycle": "c1"})
+                    finally:
+                        await store.close()
+
+                asyncio.run(fire())
+                answered = 0
+                deadline = time.monotonic() + 120
+                while True:
+                    assert c.get(f"/v1/orgs/{org}/cycles/c1/grades").status_code == 200
+                    answered += 1
+                    log = c.get(f"/v1/orgs/{org}/webhooks/deliveries").json()
+                    if any(d["next_attempt_at"] is None for d in log):
+                        break
+                    assert time.monotonic() < deadline, log
+                    time.sleep(0.1)
+    assert sorted(d["attempt"] for d in log) == [1, 2, 3, 4, 5, 6]
+    assert not any(d["ok"] for d in log)
+    assert answered > 100  # the API answered all along (~31 s of retries)

@@ -29,6 +29,7 @@ from service.sessions import (
     AdjustmentOut,
     FinalScore,
     LockIn,
+    ReopenIn,
     SessionIn,
     SessionOut,
     SessionsController,
@@ -229,6 +230,14 @@ class SessionPages(Controller):
         form = await request.form()
         check_csrf(request, user.csrf, form.get(CSRF_FIELD))
         comment = str(form.get("comment") or "").strip() or None
+        if form.get("confirm") != "yes":
+            return await _session_page(
+                request,
+                user,
+                cycle,
+                session_id,
+                lock_error="confirm: tick the box to confirm the lock; it freezes the final scores",
+            )
         try:
             await _call(
                 SessionsController.lock,
@@ -243,6 +252,34 @@ class SessionPages(Controller):
                 request, user, cycle, session_id, lock_error=problem_text(exc)
             )
         return Redirect(_session_url(cycle, session_id) + "?done=locked", status_code=303)
+
+    @post("/{session_id:str}/reopen", status_code=303)
+    async def reopen(
+        self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
+    ) -> Template | Redirect:
+        """Reopen a locked session (admin, with a reason): its owners are no longer final."""
+        user = await require(request, "admin")
+        form = await request.form()
+        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        reason = str(form.get("reason") or "").strip()
+        try:
+            if not reason:
+                raise PageError(400, "reason: say why the session is reopened (required)")
+            await _call(
+                SessionsController.reopen,
+                request,
+                user,
+                cycle,
+                session_id=session_id,
+                data=ReopenIn(reason=reason),
+            )
+        except ProblemError as exc:
+            return await _session_page(
+                request, user, cycle, session_id, lock_error=problem_text(exc)
+            )
+        except PageError as exc:
+            return await _session_page(request, user, cycle, session_id, lock_error=exc.message)
+        return Redirect(_session_url(cycle, session_id) + "?done=reopened", status_code=303)
 
 
 def _number(text: str, field: str) -> float:
@@ -315,6 +352,10 @@ async def _session_page(
         else []
     )
     scale = parse_scale(s.scale)
+    graders: set[str] = {a.subject_id for a in agenda.items if a.subject == "grader"}
+    res, _ = await data.load_results(store, user.org, cycle, s.run_id)
+    if res is not None:
+        graders.update(g.grader_id for g in await data.read_part(store, user.org, res, "graders"))
     errors = [k for k in extra if k.endswith("_error")]
     context: dict[str, Any] = {
         "cycle": cycle,
@@ -334,7 +375,7 @@ async def _session_page(
         "lock_error": None,
         "whatif_form": {},
         "adjust_form": {},
-        "graders": sorted({a.subject_id for a in agenda.items if a.subject == "grader"}),
+        "graders": sorted(graders),
         "csrf_name": CSRF_FIELD,
     }
     context.update(extra)

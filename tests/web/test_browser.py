@@ -155,6 +155,7 @@ def test_facilitator_session_from_sign_in_to_final(
 
     # lock; the audit log shows every step
     driver.find_element(By.ID, "lock-comment").send_keys("room agreed")
+    driver.find_element(By.ID, "lock-confirm").click()
     driver.find_element(By.CSS_SELECTOR, "#lock-form button").click()
     _wait(driver, "#done")
     assert driver.find_element(By.ID, "session-status").text == "locked"

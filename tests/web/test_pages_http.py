@@ -200,7 +200,26 @@ async def test_forms_need_the_session_token_and_same_origin(web: Any, store: Red
         follow_redirects=False,
     )
     assert made.status_code == 303
-    assert len((await web.get(f"/v1/orgs/{org}/cycles/c1/sessions", headers=admin)).json()) == 1
+    sessions = (await web.get(f"/v1/orgs/{org}/cycles/c1/sessions", headers=admin)).json()
+    assert len(sessions) == 1
+    url = made.headers["location"]
+    sid = sessions[0]["session_id"]
+    csrf = {"csrf_token": token.group(1)}
+    unconfirmed = await web.post(f"{url}/lock", data=csrf)
+    assert unconfirmed.status_code == 400
+    assert "confirm:" in unconfirmed.text
+    locked = await web.post(f"{url}/lock", data={**csrf, "confirm": "yes"}, follow_redirects=False)
+    assert locked.status_code == 303
+    no_reason = await web.post(f"{url}/reopen", data=csrf)
+    assert no_reason.status_code == 400
+    assert "reason:" in no_reason.text
+    reopened = await web.post(
+        f"{url}/reopen", data={**csrf, "reason": "late evidence"}, follow_redirects=False
+    )
+    assert reopened.status_code == 303
+    audit = await web.get(f"/v1/orgs/{org}/cycles/c1/sessions/{sid}/audit", headers=admin)
+    kinds = [e["type"] for e in audit.json()]
+    assert kinds == ["session.created", "session.locked", "session.reopened"]
     # a session scope that matches no one is refused with the field named
     nobody = await web.post(
         "/ui/cycles/c1/sessions",

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if settings.redis_url is not None:
         return asyncio.run(_act(args, settings.redis_url))
-    server = EmbeddedRedis(settings.data_path)
+    server = EmbeddedRedis(settings.data_path, fsync=settings.redis_fsync)
     try:
         url = server.start()  # attaches to a running service's Redis if there is one
     except EmbeddedRedisError as exc:

@@ -1,8 +1,10 @@
 """``okrcal serve``: the HTTP service, with an embedded Redis unless ``REDIS_URL`` is set.
 
 The embedded Redis keeps its data in ``--data-dir`` and is stopped (saving) when the
-service stops, whether by Ctrl-C or SIGTERM. With ``--workers N`` uvicorn runs N
-processes that each build the app from the environment (:func:`app_from_env`).
+service stops, whether by Ctrl-C or SIGTERM. The ASGI server is granian (chosen by
+measurement against uvicorn: ``benchmarks/http_load.py``, figures in
+``benchmarks/RESULTS.md``); with ``--workers N`` it runs N processes that each build the
+app from the environment (:func:`app_from_env`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def app_from_env() -> Litestar:
-    """The app built from the environment: the factory each uvicorn worker process calls."""
+    """The app built from the environment: the factory each server worker process calls."""
     from service.app import create_app
     from service.store import RedisStore
 
@@ -51,7 +53,9 @@ def _exit_on_signal(_signum: int, _frame: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted. Exit 2 for bad settings, 1 when Redis cannot start."""
-    import uvicorn
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
 
     try:
         settings = Settings.from_env(
@@ -68,16 +72,16 @@ def run(args: argparse.Namespace) -> int:
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:
-        embedded = EmbeddedRedis(settings.data_path)
+        embedded = EmbeddedRedis(settings.data_path, fsync=settings.redis_fsync)
         try:
             url = embedded.start()
         except EmbeddedRedisError as exc:
             print(f"okrcal serve: {exc}", file=sys.stderr)
             return 1
         _log.info("embedded Redis on %s, data in %s", url, settings.data_path)
-    # uvicorn re-raises the signal that stopped it once it has shut down; turning
-    # SIGTERM into SystemExit (as SIGINT is KeyboardInterrupt) lets the finally
-    # clause below stop the embedded Redis cleanly instead of dying with it running.
+    # granian installs its own SIGINT/SIGTERM handlers once started and returns from
+    # serve() after a graceful stop; a signal before that becomes SystemExit here, so
+    # the finally clause below stops the embedded Redis either way.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         # Worker processes read the same settings from the environment.
@@ -85,16 +89,20 @@ def run(args: argparse.Namespace) -> int:
         os.environ["OKRCAL_RUN_WORKERS"] = str(settings.run_workers)
         os.environ["OKRCAL_MAX_BODY"] = str(settings.max_body_bytes)
         os.environ["OKRCAL_RATE_LIMIT"] = str(settings.rate_limit)
-        uvicorn.run(
+        Granian(
             "service.cmd_serve:app_from_env",
             factory=True,
-            host=settings.host,
+            address=settings.host,
             port=settings.port,
+            interface=Interfaces.ASGI,
             workers=settings.workers,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+            loop=Loops.auto,  # uvloop, a dependency of granian[uvloop]
+            http=HTTPModes.http1,
+            websockets=False,
+            log_level=LogLevels.warning,
+            log_access=False,
+            workers_kill_timeout=10,
+        ).serve()
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:

@@ -8,6 +8,7 @@ Handlers raise :class:`ProblemError` (or let a domain error propagate); the map 
     anchors.AnchorError               400 (ScaleError, CatalogueError, EvidenceError)
     litestar ValidationException      400
     litestar HTTPException            its status (404, 405, 413, ...)
+    RecursionError                    400: JSON or TOML nested too deeply to decode
     redis ConnectionError/Timeout     503 with Retry-After; the pool reconnects by itself
     anything else                     500, logged, without internals in the body
 """
@@ -145,6 +146,14 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     )
 
 
+def _too_deep(request: Request[Any, Any, Any], _: RecursionError) -> Response[bytes]:
+    # msgspec (and the TOML reader) recurse per nesting level; a body nested thousands
+    # deep exhausts the stack before any validation can name a field.
+    return problem_response(
+        400, "the body is nested too deeply to decode", instance=request.url.path
+    )
+
+
 def _redis_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     _log.warning("redis unavailable: %s", exc)
     return problem_response(
@@ -171,6 +180,7 @@ def exception_handlers() -> dict[type[Exception] | int, Handler]:
         AnchorError: _anchors,
         ValidationException: _validation,
         HTTPException: _http,
+        RecursionError: _too_deep,
         redis.exceptions.ConnectionError: _redis_down,
         redis.exceptions.TimeoutError: _redis_down,
         redis.exceptions.BusyLoadingError: _redis_down,

@@ -17,6 +17,7 @@ variable                  meaning                                     default
 ``OKRCAL_RUN_LEASE``      seconds a worker holds a run between beats  ``30``
 ``OKRCAL_RUN_ATTEMPTS``   attempts before a run is marked failed      ``3``
 ``OKRCAL_FIT_PROCESS``    fit in a child process (1) or a thread (0)  ``1``
+``OKRCAL_REDIS_FSYNC``    embedded Redis fsync: always, everysec      ``always``
 ========================  ==========================================  ==================
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -59,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_bulk_rows: int = 10_000
     #: Fit in a child process (isolated, off the GIL) rather than a thread of the service.
     fit_in_subprocess: bool = True
+    #: fsync policy of the embedded Redis: ``always`` (acknowledged = on disk) or ``everysec``.
+    redis_fsync: Literal["always", "everysec"] = "always"
 
     def __post_init__(self) -> None:
         checks = (
@@ -130,4 +133,5 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("run_lease_seconds", "OKRCAL_RUN_LEASE", float),
     ("run_max_attempts", "OKRCAL_RUN_ATTEMPTS", int),
     ("fit_in_subprocess", "OKRCAL_FIT_PROCESS", _flag),
+    ("redis_fsync", "OKRCAL_REDIS_FSYNC", str),
 )

@@ -334,3 +334,14 @@ async def test_unknown_scale(client: Client, store: RedisStore, org: str) -> Non
     )
     assert r.status_code == 400
     assert "unknown scale" in r.text
+
+
+async def test_deeply_nested_json_is_a_400(client: Client, store: RedisStore, org: str) -> None:
+    h = await make_key(store, org, "admin")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/cycles/c1/grades", "/cycles/c1/krs", "/cycles/c1/calibrations", "/keys"):
+        r = await client.post(
+            f"/v1/orgs/{org}{path}", content=deep, headers={**h, "Content-Type": "application/json"}
+        )
+        assert r.status_code == 400, (path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")

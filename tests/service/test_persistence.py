@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from litestar.testing import AsyncTestClient
 
 from anchors import default_catalogue_text
@@ -71,3 +72,19 @@ async def test_everything_survives_a_restart(tmp_path: Path, org: str) -> None:
             # the same grades again are still no-ops: versions and history came back too
             r = await c.post(f"{base}/grades", json=grades_rows(12, 4)[:3], headers=h)
             assert r.json()["unchanged"] == 3
+
+
+def test_embedded_redis_fsyncs_before_acknowledging(tmp_path: Path) -> None:
+    import redis
+
+    with EmbeddedRedis(tmp_path / "always") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("appendfsync")["appendfsync"] == "always"
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        client.close()
+    with EmbeddedRedis(tmp_path / "everysec", fsync="everysec") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+        client.close()
+    with pytest.raises(ValueError, match="fsync"):
+        EmbeddedRedis(tmp_path / "x", fsync="never")

@@ -6,7 +6,7 @@ Each function takes the core's result structs and returns a :class:`~matplotlib.
 
 SVG text stays text (``svg.fonttype = none``): the labels of an inline plot can be read,
 searched and selected in the page. Artists that a reader or a test needs to find carry
-an SVG id (``set_gid``): ``grader-<id>``/``flagged-<id>`` on the caterpillar plot.
+an SVG id (``set_gid``): ``flagged-<id>`` for each flagged grader on the caterpillar plot.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from calibrate.drift import CyclePoint  # noqa: E402
 
 __all__ = [
     "FLAG_COLOURS",
+    "LABEL_ALL",
     "MAX_CATERPILLAR",
     "PlotFormat",
     "caterpillar_figure",
@@ -64,12 +65,14 @@ _CAL = "#0072b2"
 _EVIDENCE = "#009e73"
 #: More graders than this and the caterpillar keeps the most extreme ones (a taller plot
 #: stops being readable at any width).
-MAX_CATERPILLAR = 300
+MAX_CATERPILLAR = 2000
+#: Up to this many graders every one is named on the plot; beyond, only the flagged ones.
+LABEL_ALL = 60
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def grader_gid(grader_id: str, flagged: bool) -> str:
-    """The SVG id of a grader's mark: ``flagged-ann`` or ``grader-bob``.
+    """The SVG id of a grader's mark: ``flagged-ann`` (or ``grader-bob`` where drawn alone).
 
     Ids with characters that are not safe in an SVG id are written as hex, prefixed ``x``.
     """
@@ -163,37 +166,40 @@ def caterpillar_figure(graders: Sequence[GraderEffect], scale: Scale, confidence
         rows = sorted(rows, key=lambda g: -abs(g.leniency or 0.0))[:MAX_CATERPILLAR]
         note = f" ({MAX_CATERPILLAR} most extreme of {len(graders)})"
     rows.sort(key=lambda g: (g.leniency or 0.0, g.grader_id))
-    fig = _figure(7.0, max(2.4, 0.26 * len(rows) + 1.3))
+    labelled = len(rows) <= LABEL_ALL
+    fig = _figure(7.0, max(2.4, 0.26 * len(rows) + 1.3) if labelled else 8.0)
     ax = fig.add_subplot()
     if not rows:
         ax.text(0.5, 0.5, "no grader leniency could be estimated", ha="center", va="center")
         ax.set_axis_off()
         return fig
+    # Unflagged graders go in one collection per flag (one SVG group, fast with hundreds of
+    # graders); each flagged grader is its own artist with an SVG id a reader can find.
+    by_flag: dict[str, list[int]] = {}
     for y, g in enumerate(rows):
-        flagged = g.flag in _FLAGGED
-        colour = FLAG_COLOURS.get(g.flag, "#333333")
-        lin = g.leniency or 0.0
-        lo = g.ci_low if g.ci_low is not None else lin
-        hi = g.ci_high if g.ci_high is not None else lin
-        line = ax.plot([lo, hi], [y, y], color=colour, linewidth=2.2 if flagged else 1.4)[0]
-        dot = ax.plot(
-            [lin],
-            [y],
-            marker="D" if flagged else "o",
-            markersize=7 if flagged else 5,
-            color=colour,
-            linestyle="none",
-        )[0]
-        gid = grader_gid(g.grader_id, flagged)
-        line.set_gid(f"{gid}-interval")
-        dot.set_gid(gid)
-    ax.axvline(0.0, color="#666666", linewidth=1, zorder=0)
-    ax.set_yticks(range(len(rows)))
-    labels = ax.set_yticklabels([g.grader_id for g in rows], fontsize=8)
-    for label, g in zip(labels, rows, strict=True):
         if g.flag in _FLAGGED:
-            label.set_color(FLAG_COLOURS[g.flag])
+            _flagged_mark(ax, g, y)
+        else:
+            by_flag.setdefault(g.flag, []).append(y)
+    for flag, ys in by_flag.items():
+        colour = FLAG_COLOURS.get(flag, "#333333")
+        lows = [_low(rows[y]) for y in ys]
+        highs = [_high(rows[y]) for y in ys]
+        ax.hlines(ys, lows, highs, colors=colour, linewidth=1.4).set_gid(f"graders-{flag}")
+        ax.plot([rows[y].leniency or 0.0 for y in ys], ys, "o", markersize=5, color=colour)[
+            0
+        ].set_gid(f"graders-{flag}-points")
+    ax.axvline(0.0, color="#666666", linewidth=1, zorder=0)
+    # With many graders only the flagged ones are named (the table names everyone).
+    ticks = [y for y, g in enumerate(rows) if labelled or g.flag in _FLAGGED]
+    ax.set_yticks(ticks)
+    labels = ax.set_yticklabels([rows[y].grader_id for y in ticks], fontsize=8 if labelled else 6)
+    for label, y in zip(labels, ticks, strict=True):
+        if rows[y].flag in _FLAGGED:
+            label.set_color(FLAG_COLOURS[rows[y].flag])
             label.set_fontweight("bold")
+    if not labelled:
+        ax.set_ylabel(f"{len(rows)} graders, sorted (flagged ones named)")
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel(
         f"leniency ({scale.name} scale units; + grades above the evidence), "
@@ -201,6 +207,21 @@ def caterpillar_figure(graders: Sequence[GraderEffect], scale: Scale, confidence
     )
     ax.set_title(f"Grader leniency{note}", fontsize=11)
     return fig
+
+
+def _low(g: GraderEffect) -> float:
+    return g.ci_low if g.ci_low is not None else g.leniency or 0.0
+
+
+def _high(g: GraderEffect) -> float:
+    return g.ci_high if g.ci_high is not None else g.leniency or 0.0
+
+
+def _flagged_mark(ax: Axes, g: GraderEffect, y: int) -> None:
+    colour = FLAG_COLOURS[g.flag]
+    gid = grader_gid(g.grader_id, True)
+    ax.plot([_low(g), _high(g)], [y, y], color=colour, linewidth=2.2)[0].set_gid(f"{gid}-interval")
+    ax.plot([g.leniency or 0.0], [y], "D", markersize=7, color=colour)[0].set_gid(gid)
 
 
 def kr_figure(

@@ -293,7 +293,8 @@ def test_caterpillar_marks_flagged_graders() -> None:
     )
     svg = plots.render(fig, "svg")
     assert b'id="flagged-ann"' in svg
-    assert b'id="grader-bob"' in svg
+    assert b'id="flagged-bob"' not in svg
+    assert b'id="graders-ok-points"' in svg
     assert b'id="flagged-x632064"' in svg  # an id with a space is written as hex
     assert plots.render(fig, "png").startswith(b"\x89PNG")
 

@@ -64,6 +64,9 @@ HERE = Path(__file__).resolve()
 PY = sys.executable
 OKRCAL = str(Path(PY).with_name("okrcal"))
 SEED = 20240601
+#: Address-space cap of the ~1M-grade jobs: far above what they need (about 1.5 GB), far
+#: below what would push the shared machine into the OOM killer.
+MAX_BYTES = 10 * 2**30
 
 
 # --- measuring ------------------------------------------------------------------
@@ -348,7 +351,7 @@ def _fmt_s(x: float | None) -> str:
 def part_a(reps: int, timeout: float) -> list[str]:
     """The default model on 1M grades: fit-only time and peak memory."""
     cmd = [PY, str(HERE), "_fit", "--scenario", "large", "--reps", str(reps)]
-    run = timed(cmd, timeout)
+    run = timed(cmd, timeout, max_bytes=MAX_BYTES)
     out = ["### a. Default model on ~1M grades (fit only)", ""]
     if not run.ok:
         return [*out, f"FAILED: {run.note}", *_cross(timeout)]
@@ -378,7 +381,8 @@ def part_a(reps: int, timeout: float) -> list[str]:
 def _cross(timeout: float) -> list[str]:
     # The same organisation with 5% of peers from other departments: every department
     # joins one grader block, the hard case for an engine that factorises per block.
-    run = timed([PY, str(HERE), "_fit", "--scenario", "large_cross", "--reps", "1"], timeout)
+    cmd = [PY, str(HERE), "_fit", "--scenario", "large_cross", "--reps", "1"]
+    run = timed(cmd, timeout, max_bytes=MAX_BYTES)
     if not run.ok:
         return [f"- `large_cross` (5% of peers from other departments): {run.note}"]
     r = _json_line(run.stdout)
@@ -432,7 +436,7 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
         for name, cmd in jobs.items():
             for d in ("o1", "o2", "o3", "pf"):
                 shutil.rmtree(work / d, ignore_errors=True)
-            r = timed(cmd, timeout)
+            r = timed(cmd, timeout, max_bytes=MAX_BYTES)
             runs[name].append(r)
             print(
                 f"  b rep {i + 1}: {name}: {_fmt_s(r.wall)} {r.note}", file=sys.stderr, flush=True

@@ -102,12 +102,6 @@ async def test_deeply_nested_uploads_are_a_400(api: Api) -> None:
     assert "not valid TOML" in _problem(r)["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routes whose body litestar decodes (JSONBody: calibrations, keys, sessions, "
-    "webhooks, events/ack) answer 500 to deeply nested JSON: msgspec raises RecursionError, "
-    "which service/problems.py maps to 500; proposed fix: map RecursionError to a 400 problem",
-)
 async def test_deeply_nested_json_is_a_4xx_on_every_route_with_a_body(api: Api) -> None:
     failures = []
     for method, path, _ in org_routes(api.app):

@@ -8,14 +8,15 @@ the figure draws every grader's history read from the published runs.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from litestar import Controller, Request, Response, get
 from litestar.params import FromPath
-from litestar.response import Template
+from litestar.response import Redirect, Template
 
 from calibrate.drift import CyclePoint
-from service.drift_api import DriftController, DriftListOut
+from service.drift_api import DriftController, DriftListOut, GraderDriftOut
 from service.problems import ProblemError
 from service.store import Store
 from service.web import data, plots
@@ -49,6 +50,22 @@ async def _drift(
     except ProblemError as exc:
         return cycles, histories, None, exc.detail
     return cycles, histories, ranked, None
+
+
+async def _grader(store: Store, org: str, grader_id: str) -> GraderDriftOut:
+    try:
+        found: GraderDriftOut = await DriftController.grader.fn(
+            None,
+            store=store,
+            org=org,
+            grader_id=grader_id,
+            cycles=None,
+            min_cycles=MIN_CYCLES,
+            confidence=CONFIDENCE,
+        )
+    except ProblemError as exc:
+        raise PageError(exc.status, exc.detail) from exc
+    return found
 
 
 def _render(histories: dict[str, list[CyclePoint]], drifting: list[str], fmt: str) -> bytes:
@@ -91,6 +108,29 @@ class DriftPages(Controller):
             },
         )
 
+    @get("/graders/{grader_id:str}")
+    async def grader(self, request: Request[Any, Any, Any], grader_id: FromPath[str]) -> Template:
+        """One grader: leniency per cycle with its interval band, the change and trend tests."""
+        user = await require(request, "hr:read")
+        found = await _grader(request.app.state.store, user.org, grader_id)
+        svg = await anyio.to_thread.run_sync(
+            _render, {grader_id: found.history}, [grader_id], "svg"
+        )
+        q = quote(grader_id, safe="")
+        links = {
+            "png": f"{PAGE_PREFIX}/drift/plots/drift.png?grader={q}",
+            "svg": f"{PAGE_PREFIX}/drift/plots/drift.svg?grader={q}",
+        }
+        return page(user, "drift_grader.html", d=found, figure=inline_svg(svg), links=links)
+
+    @get("/grader", sync_to_thread=False)
+    def find_grader(self, request: Request[Any, Any, Any]) -> Redirect:
+        """The look-up form: straight to the grader's page."""
+        grader = request.query_params.get("grader") or ""
+        if not grader.strip():
+            return Redirect(f"{PAGE_PREFIX}/drift")
+        return Redirect(f"{PAGE_PREFIX}/drift/graders/{quote(grader.strip(), safe='')}")
+
     @get("/plots/{filename:str}")
     async def plot(
         self, request: Request[Any, Any, Any], filename: FromPath[str]
@@ -100,8 +140,13 @@ class DriftPages(Controller):
         if filename not in ("drift.png", "drift.svg"):
             raise PageError(404, f"no plot {filename!r}; use drift.png or drift.svg")
         fmt = filename.rsplit(".", 1)[1]
-        _, histories, ranked, _ = await _drift(request.app.state.store, user.org)
-        drifting = [t.grader_id for t in ranked.drifting] if ranked else []
+        one = request.query_params.get("grader")
+        if one:
+            found = await _grader(request.app.state.store, user.org, one)
+            histories, drifting = {one: found.history}, [one]
+        else:
+            _, histories, ranked, _ = await _drift(request.app.state.store, user.org)
+            drifting = [t.grader_id for t in ranked.drifting] if ranked else []
         body = await anyio.to_thread.run_sync(_render, histories, drifting, fmt)
         return Response(
             body,

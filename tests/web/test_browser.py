@@ -202,6 +202,16 @@ def test_hr_sees_drift(browser: Any, live_server: LiveServer, seeded: Seeded) ->
     assert "more lenient" in rows[0].text
     assert driver.find_elements(By.CSS_SELECTOR, f"#plot-drift svg g[id='flagged-{LENIENT}']")
     screenshot(driver, "06-drift")
+    # one grader's history with its band, from the ranked list
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    _wait(driver, "#plot-drift-grader svg")
+    assert driver.find_element(By.ID, "grader-id").text == LENIENT
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == 4
+    screenshot(driver, "06-drift-grader")
+    # a grader with no history: a clear 404 page
+    driver.get(f"{live_server.url}/ui/drift/graders/nobody")
+    assert driver.find_element(By.ID, "error-title").text.startswith("404")
+    assert "no history" in driver.find_element(By.ID, "error-message").text
     # HR's key cannot open the graders page (scores:read): a 403 page that names the scope
     driver.get(f"{live_server.url}/ui/cycles/{CYCLE}/graders")
     assert driver.find_element(By.ID, "error-title").text.startswith("403")

@@ -38,6 +38,7 @@ and after are printed: the load generator runs on the same machine and takes CPU
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -284,14 +285,21 @@ def drive(
     """Every client at once for ``args.duration`` seconds; the ingest tenant uses its own key."""
     stats = Stats()
     stop = threading.Event()
-    jobs: list[Callable[[], None]] = []
-    for i in range(args.ingest_clients):
-        jobs.append(lambda i=i: ingest_client(base, ingest_key, i, args.ingest_rows, stats, stop))
-    for i in range(args.read_clients):
-        jobs.append(lambda i=i: read_client(base, key, setup, args.seed + i, stats, stop))
-    jobs.append(lambda: calibration_client(base, key, stats, stop))
-    for i in range(args.whatif_clients):
-        jobs.append(lambda i=i: whatif_client(base, key, setup, args.seed + 100 + i, stats, stop))
+    jobs: list[Callable[[], None]] = [
+        *(
+            functools.partial(ingest_client, base, ingest_key, i, args.ingest_rows, stats, stop)
+            for i in range(args.ingest_clients)
+        ),
+        *(
+            functools.partial(read_client, base, key, setup, args.seed + i, stats, stop)
+            for i in range(args.read_clients)
+        ),
+        functools.partial(calibration_client, base, key, stats, stop),
+        *(
+            functools.partial(whatif_client, base, key, setup, args.seed + 100 + i, stats, stop)
+            for i in range(args.whatif_clients)
+        ),
+    ]
     threads = [threading.Thread(target=j, daemon=True) for j in jobs]
     started = time.perf_counter()
     for t in threads:

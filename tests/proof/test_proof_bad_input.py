@@ -146,10 +146,10 @@ async def test_csv_with_a_byte_order_mark_and_mixed_line_endings(api: Api) -> No
 async def test_non_utf8_bytes_are_refused_naming_where(api: Api) -> None:
     body = "kr_id,grader_id,grade\nk1,g,0.5\nk\xe9,g,0.5\n".encode("latin-1")
     assert "not UTF-8" in _problem(await api.post(body, CSV))["detail"]
-    body = (
+    text = (
         '[{"kr_id":"k1","grader_id":"g","grade":0.5},{"kr_id":"k\xe9","grader_id":"g","grade":0.5}]'
     )
-    problem = _problem(await api.post(body.encode("latin-1")))
+    problem = _problem(await api.post(text.encode("latin-1")))
     assert [e["row"] for e in problem["errors"]] == [2]
     r = await api.client.put(
         f"/v1/orgs/{api.org}/anchors", content=b"version = '\xff'", headers=api.headers

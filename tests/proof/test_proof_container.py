@@ -20,7 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import dockerfile
+import dockerfile  # type: ignore[import-not-found]  # no stubs
 import httpx
 import pytest
 

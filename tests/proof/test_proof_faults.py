@@ -232,8 +232,13 @@ def test_embedded_redis_fsyncs_before_acknowledging(tmp_path: Path) -> None:
     # appendfsync always: a write is on disk before its answer, so not even a power cut
     # loses an acknowledged grade; everysec is the documented trade for throughput
     for fsync, data in (("always", "d1"), ("everysec", "d2")):
-        kwargs = {} if fsync == "always" else {"fsync": fsync}
-        with EmbeddedRedis(tmp_path / data, **kwargs) as server:
+        # the default, then the trade named explicitly
+        embedded = (
+            EmbeddedRedis(tmp_path / data)
+            if fsync == "always"
+            else EmbeddedRedis(tmp_path / data, fsync=fsync)
+        )
+        with embedded as server:
             client = redis.Redis.from_url(server.url)
             config = client.config_get("append*")
             client.close()

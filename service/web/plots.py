@@ -80,6 +80,11 @@ def grader_gid(grader_id: str, flagged: bool) -> str:
     return f"{'flagged' if flagged else 'grader'}-{slug}"
 
 
+def _label(text: str) -> str:
+    """User text (ids) as a literal label: a ``$`` would otherwise start mathtext."""
+    return text.replace("$", r"\$")
+
+
 def render(fig: Figure, fmt: PlotFormat) -> bytes:
     """The figure as PNG (100 dpi) or SVG bytes."""
     FigureCanvasAgg(fig)
@@ -193,7 +198,9 @@ def caterpillar_figure(graders: Sequence[GraderEffect], scale: Scale, confidence
     # With many graders only the flagged ones are named (the table names everyone).
     ticks = [y for y, g in enumerate(rows) if labelled or g.flag in _FLAGGED]
     ax.set_yticks(ticks)
-    labels = ax.set_yticklabels([rows[y].grader_id for y in ticks], fontsize=8 if labelled else 6)
+    labels = ax.set_yticklabels(
+        [_label(rows[y].grader_id) for y in ticks], fontsize=8 if labelled else 6
+    )
     for label, y in zip(labels, ticks, strict=True):
         if rows[y].flag in _FLAGGED:
             label.set_color(FLAG_COLOURS[rows[y].flag])
@@ -237,7 +244,7 @@ def kr_figure(
     for i, (grader, value) in enumerate(sorted(grades, key=lambda g: g[1])):
         ax.plot([value], [1.0], marker="o", color=_RAW, linestyle="none")
         ax.annotate(
-            grader,
+            _label(grader),
             (value, 1.0),
             textcoords="offset points",
             xytext=(0, 7 + 9 * (i % 2)),
@@ -293,7 +300,7 @@ def drift_figure(histories: Mapping[str, Sequence[CyclePoint]], highlight: Seque
                 p.ci_high if p.ci_high is not None else y for p, y in zip(pts, ys, strict=True)
             ]
             ax.fill_between(xs, lows, highs, color=colour, alpha=0.18, linewidth=0)
-            line = ax.plot(xs, ys, marker="o", color=colour, linewidth=2, label=grader)[0]
+            line = ax.plot(xs, ys, marker="o", color=colour, linewidth=2, label=_label(grader))[0]
             line.set_gid(grader_gid(grader, True))
         else:
             ax.plot(xs, ys, color="#cccccc", linewidth=0.8, zorder=0)

@@ -299,6 +299,29 @@ def test_caterpillar_marks_flagged_graders() -> None:
     assert plots.render(fig, "png").startswith(b"\x89PNG")
 
 
+def test_plots_keep_hostile_ids_as_text() -> None:
+    from anchors import parse_scale
+
+    hostile = "<script>alert(1)</script>$\\frac$"
+    g = GraderEffect(
+        grader_id=hostile,
+        n_grades=10,
+        n_linking=10,
+        component=0,
+        leniency=0.2,
+        std_error=0.02,
+        ci_low=0.17,
+        ci_high=0.23,
+        z=None,
+        p_value=None,
+        q_value=None,
+        flag="lenient",
+    )
+    svg = plots.render(plots.caterpillar_figure([g], parse_scale("google"), 0.9), "svg")
+    assert b"<script>" not in svg
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;$\\frac$" in svg
+
+
 def test_variance_figure_says_why_when_there_is_no_estimate() -> None:
     none = VarianceComponents(
         method="reml",

@@ -711,8 +711,8 @@ class SessionsController(Controller):
                 f"the session scope matches no one: no KR of {what} is in run {run['run_id']!r}",
                 errors=[FieldProblem(problem="matches no KR of the run", field=field)],
             )
-        owners = sorted({k.owner_id for k in scores if k.kr_id in set(kr_ids) and k.owner_id})
         in_scope = set(kr_ids)
+        owners = sorted({k.owner_id for k in scores if k.kr_id in in_scope and k.owner_id})
         grades = await store.all_items(org, cycle, "grades")
         grade_keys = [p for p in grades if p.partition("\x1f")[0] in in_scope]
         grader_ids = sorted({p.partition("\x1f")[2] for p in grade_keys})
@@ -840,12 +840,12 @@ class SessionsController(Controller):
         sc = s.scope
         started = time.perf_counter()
         table = await _scope_table(store, org, sc)
+        in_table = set(table.grader_ids)
         outside = sorted(
             {
                 g
                 for c in data.changes
-                if (g := getattr(c, "grader_id", None)) is not None
-                and g not in set(table.grader_ids)
+                if (g := getattr(c, "grader_id", None)) is not None and g not in in_table
             }
         )
         known: frozenset[str] = frozenset()

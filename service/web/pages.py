@@ -111,6 +111,9 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return f"{PAGE_PREFIX}/cycles"
     parts = urlsplit(target)
+    # control characters (header splitting) and backslashes (read as "/" by browsers)
+    if any(ord(ch) < 33 or ch == "\\" for ch in target):
+        return f"{PAGE_PREFIX}/cycles"
     if parts.scheme or parts.netloc or not target.startswith(PAGE_PREFIX + "/"):
         return f"{PAGE_PREFIX}/cycles"
     return target

@@ -148,6 +148,16 @@ async def test_open_redirect_is_refused(web: Any, store: RedisStore) -> None:
         follow_redirects=False,
     )
     assert r.headers["location"] == "/ui/cycles"
+    for target in ("//evil.example/", "/ui/\\evil.example", "/ui/x\r\nSet-Cookie: a=b"):
+        form = await web.get("/ui/signin")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        r = await web.post(
+            "/ui/signin",
+            data={"csrf_token": token.group(1), "api_key": key, "next": target},
+            follow_redirects=False,
+        )
+        assert r.headers["location"] == "/ui/cycles", target
 
 
 async def test_scopes_decide_pages_and_revocation_ends_the_session(

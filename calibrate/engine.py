@@ -19,7 +19,7 @@ import scipy.sparse.csgraph
 import scipy.special
 from threadpoolctl import threadpool_limits
 
-from calibrate.errors import BlockTooLargeError
+from calibrate.errors import BlockTooLargeError, ModelError
 from calibrate.models import (
     AdditiveModel,
     AffineModel,
@@ -192,7 +192,13 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
     reproducible.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_model(model, t)
+        try:
+            return _fit_model(model, t)
+        except np.linalg.LinAlgError as exc:
+            # a design the model cannot solve is the caller's data, not a crash
+            raise ModelError(
+                f"the {_model_name(model)} model cannot be solved for these grades: {exc}"
+            ) from exc
 
 
 def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
@@ -556,6 +562,13 @@ def _mixed_estimates(
     warnings = []
     if not fit.converged:
         warnings.append("the REML optimiser did not report convergence; estimates may be rough")
+    kr_reason = None
+    if not math.isfinite(fit.var_resid):
+        kr_reason = (
+            "no residual degrees of freedom, or the grades fit the model exactly: "
+            "standard errors cannot be estimated"
+        )
+        warnings.append(kr_reason)
     return _Estimates(
         leniency=leniency,
         leniency_se=leniency_se,
@@ -568,6 +581,7 @@ def _mixed_estimates(
         resid_var=resid_var,
         converged=fit.converged,
         iterations=fit.iterations,
+        kr_reason=kr_reason,
         warnings=tuple(warnings),
     )
 

@@ -480,14 +480,19 @@ def _evaluate_inv(
     b = sb_r - H @ beta
     q = d.yty + d.ztz / td - float(ry @ ryc) - float(beta @ r_beta) - float(b @ r_b)
     nu = d.n_obs + d.n_ev - d.p
-    if q <= 0:
+    fixed_effects = inv_ta == 0.0 or inv_tb == 0.0
+    if fixed_effects:
+        # least squares: an exact fit (q = 0, up to rounding) is legitimate
+        q = max(q, 0.0)
+    elif q <= 0:
         return math.inf if not keep else _fail()
-    if not keep and (inv_ta == 0.0 or inv_tb == 0.0):
+    if not keep and fixed_effects:
         return q
     log_r0 = d.n_ev * math.log(td)
     log_g0 = -(d.n_kr * math.log(inv_ta) + d.n_gr * math.log(inv_tb)) if inv_ta and inv_tb else 0.0
     logdet_c = float(np.log(c).sum()) + logdet_S + float(logdet_T)
-    dev = log_r0 + log_g0 + logdet_c + nu * math.log(q / nu) + nu * (1 + math.log(2 * math.pi))
+    log_q = math.log(q / nu) if q > 0 else -math.inf  # an exact least-squares fit
+    dev = log_r0 + log_g0 + logdet_c + nu * log_q + nu * (1 + math.log(2 * math.pi))
     if not keep:
         return dev
     return _State(dev, q, c, ry, A, pair_w, parts, inv_parts, H, sb_r, T, beta, b)
@@ -938,7 +943,10 @@ def fit_fixed(d: CrossedData) -> CrossedFit:
     n_cons_comp = int((~d.comp_has_ev).sum())
     rank = d.n_kr + d.p + d.n_gr - n_cons_comp
     df = d.n_obs + d.n_ev - rank
-    s2 = st.q / df if df > 0 else math.nan
+    # no residual degrees of freedom, or grades the model fits exactly: the residual
+    # variance (and every standard error) cannot be estimated
+    exact = st.q <= 1e-20 * max(d.yty + d.ztz, 1e-300)
+    s2 = st.q / df if df > 0 and not exact else math.nan
     s_inv = _block_inverse(d, st)
     # (L + 11')^-1 = L^+ + 11'/n^2 on each constrained part: remove the added term
     s_inv[d.cons_flat] -= 1.0 / (d.cons_n * d.cons_n)

@@ -495,3 +495,17 @@ def test_oversized_grader_group_sets_aside_weak_links(monkeypatch: pytest.Monkey
     monkeypatch.setattr(engine, "MAX_BLOCK", 1)
     with pytest.raises(BlockTooLargeError):
         AdditiveModel().fit(t)
+
+
+def test_exact_fixed_effects_fit_has_estimates_but_no_standard_errors() -> None:
+    recs = [
+        GradeRecord(kr_id=f"k{i}", grader_id=f"g{j}", grade=float(1 + i + j))
+        for i in range(4)
+        for j in range(2)
+    ]
+    fit = FixedModel().fit(GradeTable.from_records(recs, parse_scale("1:9")))
+    assert [g.leniency for g in fit.graders] == pytest.approx([-0.5, 0.5])
+    assert all(g.std_error is None for g in fit.graders)
+    assert all(k.calibrated_grade is not None and k.ci_low is None for k in fit.krs)
+    assert all(k.reason and "exactly" in k.reason for k in fit.krs)
+    assert fit.variance.residual is None

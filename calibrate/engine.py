@@ -24,6 +24,7 @@ from calibrate.models import (
     AdditiveModel,
     AffineModel,
     FixedModel,
+    HeldVariance,
     MeanModel,
     Model,
     ZScoreModel,
@@ -213,7 +214,7 @@ def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
         case FixedModel():
             est = _fit_mixed(t, graph, use, fixed=True)
         case AdditiveModel():
-            est = _fit_mixed(t, graph, use, fixed=False)
+            est = _fit_mixed(t, graph, use, fixed=False, held=model.hold_variance)
         case AffineModel():
             est = _fit_affine(t, graph, use, model)
     if note is not None:
@@ -387,7 +388,14 @@ def _deregressed_z(
     return out
 
 
-def _fit_mixed(t: GradeTable, graph: _Graph, use: BoolArray | None, *, fixed: bool) -> _Estimates:
+def _fit_mixed(
+    t: GradeTable,
+    graph: _Graph,
+    use: BoolArray | None,
+    *,
+    fixed: bool,
+    held: HeldVariance | None = None,
+) -> _Estimates:
     if not _identifiable(t):
         return _unidentified(t)
     if fixed:
@@ -396,8 +404,19 @@ def _fit_mixed(t: GradeTable, graph: _Graph, use: BoolArray | None, *, fixed: bo
         with_ev = bool(t.has_evidence.any())
     else:
         d, with_ev = _design(t, use=use)
-        fit = fit_crossed(d)
+        fit = _reml_or_held(d, held)
     return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=fixed)
+
+
+def _reml_or_held(
+    d: CrossedData, held: HeldVariance | None, start: FloatArray | None = None
+) -> CrossedFit:
+    """REML, or the mixed-model solution at held variance ratios."""
+    if held is None:
+        return fit_crossed(d, start=start)
+    ev = held.evidence if held.evidence is not None else held.residual
+    x = np.log(np.array([held.kr, held.grader, ev]) / held.residual)
+    return fit_crossed(d, start=x, optimise=False)
 
 
 def _model_use(t: GradeTable) -> tuple[BoolArray | None, str | None]:
@@ -631,7 +650,7 @@ def _fit_affine(
     if not _identifiable(t):
         return _unidentified(t)
     d, with_ev = _design(t, use=use)
-    fit = fit_crossed(d)
+    fit = _reml_or_held(d, model.hold_variance)
     n_gr = t.n_graders
     scale = np.ones(n_gr)
     scale_se = np.full(n_gr, np.nan)
@@ -651,7 +670,7 @@ def _fit_affine(
             converged = True
             break
     # REML once more at the settled scales
-    fit = fit_crossed(d, start=log_ratios(fit))
+    fit = _reml_or_held(d, model.hold_variance, start=log_ratios(fit))
     iterations += fit.iterations
     est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False)
     linked = graph.grader_linked

@@ -9,6 +9,7 @@ A spec holds settings only; what a fit learns lives in the returned
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,6 +25,7 @@ __all__ = [
     "AdditiveModel",
     "AffineModel",
     "FixedModel",
+    "HeldVariance",
     "MeanModel",
     "Model",
     "ZScoreModel",
@@ -83,6 +85,28 @@ class FixedModel(_Spec, frozen=True, tag="fixed"):
     """
 
 
+class HeldVariance(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Variance components to hold instead of estimating them (input-scale units).
+
+    Their ratios to ``residual`` are held; the residual variance itself is re-estimated.
+    A what-if preview holds the baseline's components, so the moves it shows come
+    from the proposed changes, not from re-estimated variances.
+    """
+
+    kr: float
+    grader: float
+    residual: float
+    evidence: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("kr", "grader", "residual", "evidence"):
+            value = getattr(self, name)
+            if value is None and name == "evidence":
+                continue
+            if not (isinstance(value, float | int) and math.isfinite(value) and value > 0):
+                raise ModelError(f"hold_variance.{name} must be a finite number > 0")
+
+
 class AdditiveModel(_Spec, frozen=True, tag="additive"):
     """Grade = KR achievement + grader leniency + noise, crossed random effects.
 
@@ -91,6 +115,9 @@ class AdditiveModel(_Spec, frozen=True, tag="additive"):
     estimated noise variance, and define the zero of leniency.
     """
 
+    #: Hold these variance components instead of estimating them by REML.
+    hold_variance: HeldVariance | None = None
+
 
 class AffineModel(_Spec, frozen=True, tag="affine"):
     """Additive plus a per-grader scale on the KR achievement, shrunk toward 1.
@@ -98,6 +125,8 @@ class AffineModel(_Spec, frozen=True, tag="affine"):
     A scale below 1 means the grader compresses grades toward the middle.
     """
 
+    #: Hold these variance components instead of estimating them by REML.
+    hold_variance: HeldVariance | None = None
     #: Smallest compression or expansion worth flagging, as |1 - scale|.
     min_scale_effect: float = 0.2
     #: Alternating updates between the scales and the additive part.

@@ -40,7 +40,7 @@ import numpy as np
 from anchors.outcome import check_outcome
 from anchors.scales import Scale, crosses_level, level_boundaries, level_index
 from calibrate.errors import InputError
-from calibrate.models import Model
+from calibrate.models import AdditiveModel, AffineModel, HeldVariance, Model
 from calibrate.results import CalibrationFit, GraderEffect, KRScore, OwnerAchievement
 from calibrate.table import GradeTable
 
@@ -459,6 +459,23 @@ def _level(value: float | None, scale: Scale) -> int | None:
     return None if value is None else level_index(value, scale)
 
 
+def _held_like(model: Model, before: CalibrationFit) -> Model:
+    """The model with the baseline's variance components held (mixed models only).
+
+    Holding them keeps the preview fast (no REML search) and shows the moves the
+    proposed changes cause, not the small drift of re-estimated variances.
+    """
+    v = before.variance
+    if not isinstance(model, AdditiveModel | AffineModel) or model.hold_variance is not None:
+        return model
+    if v.kr is None or v.grader is None or v.residual is None:
+        return model
+    if min(v.kr, v.grader, v.residual) <= 0 or (v.evidence is not None and v.evidence <= 0):
+        return model
+    held = HeldVariance(kr=v.kr, grader=v.grader, residual=v.residual, evidence=v.evidence)
+    return msgspec.structs.replace(model, hold_variance=held)
+
+
 def what_if(
     table: GradeTable,
     model: Model,
@@ -483,7 +500,7 @@ def what_if(
     tol = tolerance * scale.span
     before = baseline if baseline is not None else model.fit(table)
     changed_table = apply_changes(table, changes, known_graders=known_graders)
-    after = model.fit(changed_table)
+    after = _held_like(model, before).fit(changed_table)
 
     after_kr = {k.kr_id: k for k in after.krs}
     kr_changes: list[KRChange] = []

@@ -21,6 +21,7 @@ from calibrate import (
     FixedModel,
     GradeRecord,
     GradeTable,
+    HeldVariance,
     InputError,
     ModelError,
     model_from_name,
@@ -509,3 +510,22 @@ def test_exact_fixed_effects_fit_has_estimates_but_no_standard_errors() -> None:
     assert all(k.calibrated_grade is not None and k.ci_low is None for k in fit.krs)
     assert all(k.reason and "exactly" in k.reason for k in fit.krs)
     assert fit.variance.residual is None
+
+
+def test_held_variance_reproduces_the_fit_it_came_from() -> None:
+    t, _, _ = _org(seed=12, n_gr=20, n_kr=300)
+    free = AdditiveModel().fit(t)
+    v = free.variance
+    assert v.kr is not None
+    assert v.grader is not None
+    assert v.residual is not None
+    held = AdditiveModel(
+        hold_variance=HeldVariance(
+            kr=v.kr, grader=v.grader, residual=v.residual, evidence=v.evidence
+        )
+    ).fit(t)
+    assert held.model_spec["hold_variance"] is not None
+    for a, b in zip(free.krs, held.krs, strict=True):
+        assert b.calibrated_grade == pytest.approx(a.calibrated_grade, abs=1e-6)
+    with pytest.raises(ModelError):
+        HeldVariance(kr=0.0, grader=0.01, residual=0.01)

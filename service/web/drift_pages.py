@@ -20,7 +20,7 @@ from service.drift_api import DriftController, DriftListOut, GraderDriftOut
 from service.problems import ProblemError
 from service.store import Store
 from service.web import data, plots
-from service.web.pages import PAGE_PREFIX, inline_svg, page, require
+from service.web.pages import PAGE_PREFIX, download_operation, inline_svg, page, require
 from service.web.websession import PageError
 
 __all__ = ["CONFIDENCE", "FDR", "MIN_CHANGE", "MIN_CYCLES", "DriftPages"]
@@ -131,12 +131,15 @@ class DriftPages(Controller):
             return Redirect(f"{PAGE_PREFIX}/drift")
         return Redirect(f"{PAGE_PREFIX}/drift/graders/{quote(grader.strip(), safe='')}")
 
-    @get("/plots/{filename:str}")
+    @get(
+        "/plots/{filename:str}",
+        operation_class=download_operation("image/png", "image/svg+xml"),
+    )
     async def plot(
         self, request: Request[Any, Any, Any], filename: FromPath[str]
     ) -> Response[bytes]:
         """The drift figure as a PNG or SVG download (``drift.png``, ``drift.svg``)."""
-        user = await require(request, "hr:read")
+        user = await require(request, "hr:read", redirect=False)
         if filename not in ("drift.png", "drift.svg"):
             raise PageError(404, f"no plot {filename!r}; use drift.png or drift.svg")
         fmt = filename.rsplit(".", 1)[1]

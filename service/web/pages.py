@@ -18,6 +18,14 @@ import anyio
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from markupsafe import Markup
@@ -41,6 +49,7 @@ from service.web.websession import (
     CSRF_COOKIE,
     CSRF_FIELD,
     SESSION_TTL_SECONDS,
+    NotSignedInError,
     PageError,
     WebUser,
     check_csrf,
@@ -55,6 +64,7 @@ __all__ = [
     "PAGE_PREFIX",
     "CyclePages",
     "SignInPages",
+    "download_operation",
     "inline_svg",
     "page",
     "plot_figure",
@@ -80,9 +90,36 @@ PAGE_HEADERS = {
 _XML_PROLOGUE = re.compile(rb"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.DOTALL)
 
 
-async def require(request: Request[Any, Any, Any], *scopes: str) -> WebUser:
-    """The signed-in user holding one of ``scopes`` (sign-in redirect or 403 page otherwise)."""
-    return await signed_in_user(request, scopes or None)
+async def require(request: Request[Any, Any, Any], *scopes: str, redirect: bool = True) -> WebUser:
+    """The signed-in user holding one of ``scopes`` (sign-in redirect or 403 page otherwise).
+
+    ``redirect=False`` (downloads: a file is not a page to come back to) answers a 401
+    page instead of sending the browser to sign in.
+    """
+    if redirect:
+        return await signed_in_user(request, scopes or None)
+    try:
+        return await signed_in_user(request, scopes or None)
+    except NotSignedInError as exc:
+        raise PageError(401, f"{exc.message or 'sign in'} to download this file") from exc
+
+
+def download_operation(*media_types: str) -> type[Operation]:
+    """An OpenAPI operation for a file download: the file's media types, or a 401 page."""
+    binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+    html = {"text/html": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))}
+    ok = OpenAPIResponse(
+        description="the file", content={m: OpenAPIMediaType(schema=binary) for m in media_types}
+    )
+    refused = OpenAPIResponse(description="not signed in, or the session ended", content=html)
+
+    class _Download(Operation):
+        # Operation is a dataclass without __post_init__: extend __init__ instead.
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.responses = {**(self.responses or {}), "200": ok, "401": refused}
+
+    return _Download
 
 
 def page(
@@ -432,12 +469,15 @@ class CyclePages(Controller):
             context.update(plot=await _svg(draw), links=plot_links(cycle, "kr", rid, kr_id))
         return page(user, "kr.html", **context)
 
-    @get("/{cycle:str}/plots/{filename:str}")
+    @get(
+        "/{cycle:str}/plots/{filename:str}",
+        operation_class=download_operation("image/png", "image/svg+xml"),
+    )
     async def plot(
         self, request: Request[Any, Any, Any], cycle: FromPath[str], filename: FromPath[str]
     ) -> Response[bytes]:
         """A figure as a PNG or SVG download: ``distribution.png``, ``caterpillar.svg``, ..."""
-        user = await require(request, "scores:read", "calibration:run")
+        user = await require(request, "scores:read", "calibration:run", redirect=False)
         _check_cycle(cycle)
         name, _, ext = filename.rpartition(".")
         if ext not in ("png", "svg"):

@@ -38,7 +38,7 @@ from service.sessions import (
 )
 from service.store import Store
 from service.web import data
-from service.web.pages import PAGE_PREFIX, page, require
+from service.web.pages import PAGE_PREFIX, download_operation, page, require
 from service.web.websession import CSRF_FIELD, PageError, WebUser, check_csrf
 
 __all__ = ["SessionPages", "problem_text"]
@@ -128,12 +128,12 @@ class SessionPages(Controller):
         user = await require(request, *_READ)
         return await _session_page(request, user, cycle, session_id)
 
-    @get("/{session_id:str}/audit.csv")
+    @get("/{session_id:str}/audit.csv", operation_class=download_operation("text/csv"))
     async def audit_export(
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
     ) -> Response[bytes]:
         """The session's audit entries as CSV (what ``.../audit?format=csv`` of the API gives)."""
-        user = await require(request, "calibration:run", "hr:read")
+        user = await require(request, "calibration:run", "hr:read", redirect=False)
         await _call(SessionsController.get_session, request, user, cycle, session_id=session_id)
         entries = await read_audit(
             request.app.state.store, user.org, cycle=cycle, session_id=session_id

@@ -90,6 +90,11 @@ async def test_no_session_redirects_to_sign_in(web: Any) -> None:
         assert r.status_code == 303, path
         assert r.headers["location"].startswith("/ui/signin?next=%2Fui%2F")
     assert (await web.get("/ui/", follow_redirects=False)).headers["location"] == "/ui/cycles"
+    # a download is not a page to come back to: without a session it is refused (401)
+    for path in ("/ui/cycles/c1/plots/caterpillar.png", "/ui/drift/plots/drift.svg"):
+        refused = await web.get(path, follow_redirects=False)
+        assert refused.status_code == 401, path
+        assert "text/html" in refused.headers["content-type"]
 
 
 async def test_sign_in_sets_a_strict_httponly_cookie_and_stores_no_key(

@@ -211,7 +211,7 @@ async def run(args: argparse.Namespace, url: str, variant: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--requests", type=int, default=20_000)

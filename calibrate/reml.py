@@ -738,16 +738,19 @@ def _coef_parts(
     pair_w = _wsum(pair_idx, coef, n_pairs)
     kr_w2 = _wsum(kr, coef * coef, n_kr)
     trip_w0 = pair_w[trip_a] * pair_w[trip_b]
-    class_key = np.stack([kr_w2, ev_mask.astype(np.float64)], 1)
-    ukeys, kr_class = np.unique(class_key, axis=0, return_inverse=True)
+    # classes of (kr_w2, evidence); unique over one float column, then small integers
+    # (np.unique with axis=0 sorts rows and is several times slower)
+    w2_vals, w2_code = np.unique(kr_w2, return_inverse=True)
+    ckey = w2_code.reshape(-1).astype(np.int64) * 2 + ev_mask
+    ukey, kr_class = np.unique(ckey, return_inverse=True)
     kr_class = kr_class.reshape(-1)
+    ukeys = np.stack([w2_vals[ukey // 2], (ukey % 2).astype(np.float64)], 1)
     class_buf: FloatArray | None = None
-    if ukeys.shape[0] * total <= _CLASS_BUDGET:
-        class_buf = np.zeros((ukeys.shape[0], total))
-        trip_class = kr_class[trip_kr]
-        for ci in range(int(ukeys.shape[0])):
-            sel = trip_class == ci
-            class_buf[ci] = _wsum(trip_flat[sel], trip_w0[sel], total)
+    n_class = int(ukeys.shape[0])
+    if n_class * total <= _CLASS_BUDGET:
+        # one pass: each triple lands in its class's row of the buffer
+        flat = kr_class[trip_kr].astype(np.int64) * total + trip_flat
+        class_buf = _wsum(flat, trip_w0, n_class * total).reshape(n_class, total)
     return {
         "coef": coef,
         "pair_w": pair_w,

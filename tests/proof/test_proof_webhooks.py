@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -50,7 +50,10 @@ async def silent_receiver() -> AsyncIterator[tuple[str, list[float]]]:
     finally:
         for w in held:
             w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
         server.close()
+        await server.wait_closed()
 
 
 def _refused_url() -> str:
@@ -61,21 +64,22 @@ def _refused_url() -> str:
 
 
 async def test_receivers_down_retried_then_failed_and_the_api_is_not_blocked(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     org = new_org()
+    # The app's own webhook worker, beside the API on its event loop as in the service,
+    # with short retries so the test takes seconds (defaults: the slow test below).
+    fast = functools.partial(
+        WebhookWorker, max_attempts=ATTEMPTS, backoff_seconds=0.2, timeout_seconds=TIMEOUT
+    )
+    monkeypatch.setattr("service.app.WebhookWorker", fast)
     with RedisServer(tmp_path / "redis", fsync="no") as server:
         store = RedisStore(server.url)
         h = await make_key(store, org, "admin")
-        # not entered as a context manager: the app's own webhook worker (default, slow
-        # retries) stays off, so only the fast worker below delivers
         app = create_app(Settings(run_workers=0), RedisStore(server.url))
-        client = AsyncTestClient(app)
-        worker = WebhookWorker(
-            store, max_attempts=ATTEMPTS, backoff_seconds=0.2, timeout_seconds=TIMEOUT
-        )
         spans: list[tuple[float, float]] = []  # (sent, answered) of every API request
-        async with silent_receiver() as (silent_url, accepted):
+        deliveries: list[dict[str, object]] = []
+        async with silent_receiver() as (silent_url, accepted), AsyncTestClient(app) as client:
             endpoints = {}
             for url in (_refused_url(), silent_url):
                 r = await client.post(
@@ -85,8 +89,6 @@ async def test_receivers_down_retried_then_failed_and_the_api_is_not_blocked(
                 )
                 assert r.status_code == 201, r.text
                 endpoints[r.json()["endpoint"]["endpoint_id"]] = url
-            stop = anyio.Event()
-            deliveries: list[dict[str, object]] = []
 
             async def given_up() -> bool:
                 r = await client.get(f"/v1/orgs/{org}/webhooks/deliveries", headers=h)
@@ -95,24 +97,21 @@ async def test_receivers_down_retried_then_failed_and_the_api_is_not_blocked(
                 done = [d for d in deliveries if d["next_attempt_at"] is None and not d["ok"]]
                 return len(done) == len(endpoints)
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(worker.run, stop)
-                await emit(store, org, "calibration.completed", {"cycle": "c1", "run_id": "r1"})
-                deadline = time.monotonic() + 60
-                i = 0
-                while not await given_up():
-                    assert time.monotonic() < deadline, deliveries
-                    # the API meanwhile: reads and writes, timed
-                    started = time.monotonic()
-                    rows = grades_rows(5, 2, offset=(i % 5) / 100)
-                    r = await client.post(f"/v1/orgs/{org}/cycles/c1/grades", json=rows, headers=h)
-                    assert r.status_code == 200
-                    r = await client.get(f"/v1/orgs/{org}/cycles/c1/grades", headers=h)
-                    assert r.status_code == 200
-                    spans.append((started, time.monotonic()))
-                    i += 1
-                    await asyncio.sleep(0.02)
-                stop.set()
+            await emit(store, org, "calibration.completed", {"cycle": "c1", "run_id": "r1"})
+            deadline = time.monotonic() + 60
+            i = 0
+            while not await given_up():
+                assert time.monotonic() < deadline, deliveries
+                # the API meanwhile: reads and writes, timed
+                started = time.monotonic()
+                rows = grades_rows(5, 2, offset=(i % 5) / 100)
+                r = await client.post(f"/v1/orgs/{org}/cycles/c1/grades", json=rows, headers=h)
+                assert r.status_code == 200
+                r = await client.get(f"/v1/orgs/{org}/cycles/c1/grades", headers=h)
+                assert r.status_code == 200
+                spans.append((started, time.monotonic()))
+                i += 1
+                await asyncio.sleep(0.02)
         await store.close()
     by_endpoint: dict[str, list[dict[str, object]]] = {}
     for d in deliveries:

@@ -47,7 +47,7 @@ from service.drift_api import DriftController
 from service.events import EventsController, WebhooksController, WebhookWorker
 from service.ingest import check_id, parse_grades, parse_krs
 from service.metrics import Metrics, metrics_middleware
-from service.openapi import bulk_body
+from service.openapi import bulk_body, document_problems
 from service.problems import ProblemError, exception_handlers
 from service.runs import RunWorker, load_org_catalogue, new_run_id, to_key_result
 from service.schemas import (
@@ -941,7 +941,7 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
     def provide_settings() -> Settings:
         return settings
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             OpsController,
             AnchorsController,
@@ -976,3 +976,6 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
         plugins=[WebPlugin()],
         debug=False,
     )
+    # every error is RFC 9457 problem details: say so in the (cached) schema that is served
+    document_problems(app.openapi_schema)
+    return app

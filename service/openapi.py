@@ -98,3 +98,66 @@ def _row_fields(kind: type) -> tuple[str, ...]:
         if isinstance(item, msgspec.inspect.StructType):
             return tuple(f.name for f in item.fields)
     return ()
+
+
+#: Problem responses every /v1 operation can give (service/problems.py maps every error).
+_PROBLEM_STATUSES: dict[str, str] = {
+    "400": "Bad request: a body, parameter or row is invalid; `errors` lists row and field",
+    "401": "No valid API key",
+    "403": "The key lacks the scope this operation needs",
+    "404": "No such resource in this organisation (also another organisation's paths)",
+    "409": "Conflict with the current state (for example a locked session)",
+    "413": "Request body too large",
+    "429": "Rate limit exceeded; see Retry-After",
+    "503": "Redis unreachable; see Retry-After",
+}
+
+
+def document_problems(spec: Any) -> None:
+    """Document the RFC 9457 problem responses on every ``/v1`` operation of ``spec``.
+
+    litestar documents a generic 400 body of its own; every error of this service is an
+    ``application/problem+json`` body instead (see :mod:`service.problems`), so the schema
+    says so, with one shared ``Problem`` component.
+    """
+    from litestar.openapi.spec import (
+        Components,
+        OpenAPIMediaType,
+        OpenAPIResponse,
+        OpenAPIType,
+        Reference,
+    )
+
+    problem = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["title", "status"],
+        properties={
+            "type": Schema(type=OpenAPIType.STRING),
+            "title": Schema(type=OpenAPIType.STRING),
+            "status": Schema(type=OpenAPIType.INTEGER),
+            "detail": Schema(type=OpenAPIType.STRING),
+            "instance": Schema(type=OpenAPIType.STRING),
+            "errors": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+        },
+        description="RFC 9457 problem details",
+    )
+    if spec.components is None:
+        spec.components = Components()
+    if spec.components.schemas is None:
+        spec.components.schemas = {}
+    spec.components.schemas["Problem"] = problem
+    ref = Reference(ref="#/components/schemas/Problem")
+    for path, item in (spec.paths or {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for method in ("get", "post", "put", "patch", "delete"):
+            op = getattr(item, method, None)
+            if op is None:
+                continue
+            responses = dict(op.responses or {})
+            for status, text in _PROBLEM_STATUSES.items():
+                responses[status] = OpenAPIResponse(
+                    description=text,
+                    content={"application/problem+json": OpenAPIMediaType(schema=ref)},
+                )
+            op.responses = responses

@@ -152,13 +152,6 @@ def test_served_schema_full(operation: Any, target: Target, served: None) -> Non
     _fuzz(operation, target, 1000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OpenAPI schema documents litestar's default 400 body (application/json with "
-    "status_code/detail/extra) and no 401/403/404/409/413/429/503, while every error is an "
-    "RFC 9457 application/problem+json (service/problems.py); fix in service/openapi.py or "
-    "create_app: document the problem responses on every /v1 operation",
-)
 def test_schema_documents_the_problem_responses() -> None:
     missing = []
     for path, item in SPEC["paths"].items():

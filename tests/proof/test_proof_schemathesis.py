@@ -25,6 +25,7 @@ from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
+    status_code_conformance,
 )
 from schemathesis.core.result import Ok
 
@@ -45,8 +46,14 @@ def _header(response: Any, name: str) -> str:
 
 @schemathesis.check
 def documented_success(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A 2xx answer has a documented content type and matches its documented schema."""
+    """A 2xx answer (and any answer of the API) has a documented status and content type and
+    matches its documented schema."""
     if 200 <= response.status_code < 300:
+        content_type_conformance(ctx, response, case)
+        response_schema_conformance(ctx, response, case)
+    elif case.path.startswith("/v1/"):
+        # the API documents its problem responses too: status, type and body must match
+        status_code_conformance(ctx, response, case)
         content_type_conformance(ctx, response, case)
         response_schema_conformance(ctx, response, case)
     return None

@@ -34,6 +34,7 @@ from calibrate.reml import (
     CrossedData,
     CrossedFit,
     _wsum,
+    contrast_var_multi,
     fit_crossed,
     fit_fixed,
     grade_fit_variance,
@@ -546,7 +547,7 @@ def _mixed_estimates(
     kr_var = kr_variance(fit)
     kr_se = np.sqrt(np.maximum(kr_var, 0.0))
 
-    owners = _owner_mixed(t, fit, kr_value, mu)
+    owners = _owner_mixed(t, fit, kr_value)
 
     # Residuals and their variances for infit/outfit and unexpected grades.
     coef = d.coef
@@ -607,7 +608,7 @@ def _mixed_estimates(
 
 
 def _owner_mixed(
-    t: GradeTable, fit: CrossedFit, kr_value: FloatArray, mu: float
+    t: GradeTable, fit: CrossedFit, kr_value: FloatArray
 ) -> dict[str, tuple[float, float]]:
     """Owner achievement with the KRs' shared grader and intercept errors accounted for."""
     owner_names = sorted({o for o in t.kr_owner if o is not None})
@@ -618,7 +619,7 @@ def _owner_mixed(
     row = np.array([pos[o] for o in t.kr_owner if o is not None], dtype=np.int64)
     w = t.kr_weight[kr_rows]
     wsum = np.bincount(row, weights=w, minlength=len(owner_names))
-    var = _multi_kr_var(
+    var = contrast_var_multi(
         fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0), len(owner_names)
     )
     vals = _clip(kr_value[kr_rows], t)
@@ -629,17 +630,7 @@ def _owner_mixed(
             out[o] = (math.nan, math.nan)
         else:
             out[o] = (float(est[r] / wsum[r]), float(math.sqrt(max(var[r], 0.0))))
-    del mu
     return out
-
-
-def _multi_kr_var(
-    fit: CrossedFit, row: IntArray, kr: IntArray, w: FloatArray, n_rows: int
-) -> FloatArray:
-    """Variance of sum_k w_k (mu + a_{kr_k}) per row: several KRs per contrast."""
-    from calibrate.reml import contrast_var_multi
-
-    return contrast_var_multi(fit, row, kr, w, n_rows)
 
 
 # --------------------------------------------------------------------------- affine

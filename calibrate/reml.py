@@ -401,7 +401,6 @@ class _State:
     ry: FloatArray
     A: FloatArray
     pair_w: FloatArray  # per pair: coupling coefficient
-    S_parts: list[FloatArray]
     inv_parts: list[FloatArray]  # S_bb^-1 per bucket
     H: FloatArray  # S_bb^-1 S_b,beta (n_gr x p)
     sb_r: FloatArray  # S_bb^-1 r_b
@@ -495,7 +494,7 @@ def _evaluate_inv(
     dev = log_r0 + log_g0 + logdet_c + nu * log_q + nu * (1 + math.log(2 * math.pi))
     if not keep:
         return dev
-    return _State(dev, q, c, ry, A, pair_w, parts, inv_parts, H, sb_r, T, beta, b)
+    return _State(dev, q, c, ry, A, pair_w, inv_parts, H, sb_r, T, beta, b)
 
 
 #: Blocks at least this large are factorised one at a time by Cholesky (LAPACK potrf/potri,
@@ -604,25 +603,6 @@ class CrossedFit:
     data: CrossedData
     state: _State
     s_inv: FloatArray  # block inverses of S_bb, flat buffer like the blocks
-
-    def contrast_var(
-        self,
-        row: IntArray,
-        u_beta: FloatArray,
-        kr: IntArray,
-        extra_grader: IntArray | None = None,
-        extra_coef: FloatArray | None = None,
-    ) -> FloatArray:
-        """Prediction-error variance of one contrast per row.
-
-        Row ``r`` is ``u_beta[r]' beta + a_{kr[r]} + extra_coef[r] * b_{extra_grader[r]}``
-        (the grader term is optional).
-        """
-        n_rows = row.shape[0]
-        g_row = None if extra_grader is None else row
-        return contrast_var_general(
-            self, n_rows, u_beta, row, kr, np.ones(n_rows), g_row, extra_grader, extra_coef
-        )
 
 
 def contrast_var_multi(

@@ -491,8 +491,8 @@ def what_if(
     ``baseline`` is ``model`` fitted to ``table`` unchanged (fitted here when not
     given; a caller previewing many changes on one scope passes it once).
     KRs that lose every grade are reported with ``after = None`` and the reason.
-    Moves smaller than ``tolerance`` (Google 0–1 units) are not listed: re-estimated
-    variance components nudge every KR a little, and the room needs the real moves.
+    Mixed models hold the baseline's variance components, so the moves come from the
+    changes themselves; moves smaller than ``tolerance`` (Google 0–1 units) are not listed.
     """
     if not changes:
         raise InputError("propose at least one change", field="changes")

@@ -41,7 +41,6 @@ __all__ = [
     "MAX_BLOCK",
     "CrossedData",
     "CrossedFit",
-    "contrast_var_general",
     "contrast_var_multi",
     "fit_crossed",
     "fit_fixed",
@@ -608,83 +607,143 @@ class CrossedFit:
 def contrast_var_multi(
     fit: CrossedFit, row: IntArray, kr: IntArray, w: FloatArray, n_rows: int
 ) -> FloatArray:
-    """Variance of ``sum_k w_k (beta_0 + a_{kr_k})`` for each row (several KRs per row)."""
-    u_beta = np.zeros((n_rows, fit.data.p))
-    if fit.data.p:
-        u_beta[:, 0] = np.bincount(row, weights=w, minlength=n_rows)
-    return contrast_var_general(fit, n_rows, u_beta, row, kr, w, None, None, None)
+    """Variance of ``sum_k w_k (beta_0 + a_{kr_k})`` for each row (several KRs per row).
 
+    The KRs of one row must be distinct. In the absorbed form the error of ``a_i``
+    is ``-(1/c_i) v_i' err(beta, b) + eta_i`` with ``Var(eta_i) = 1/c_i``, so a row's
+    variance (over the residual variance) is a grouped quadratic form::
 
-def contrast_var_general(
-    fit: CrossedFit,
-    n_rows: int,
-    u_beta: FloatArray,
-    kr_row: IntArray,
-    kr: IntArray,
-    kr_w: FloatArray,
-    g_row: IntArray | None,
-    g_idx: IntArray | None,
-    g_coef: FloatArray | None,
-) -> FloatArray:
-    """Variance of ``u_beta[r]' beta + sum w a_kr + sum coef b_g`` for each row ``r``.
+        sum_i w_i^2 / c_i  +  E_r' T^-1 E_r  +  sum_B g_rB' S_B^-1 g_rB
 
-    The KRs of one row must be distinct. Uses the absorbed form: the error of
-    ``a_i`` is ``-(1/c_i) v_i' err(beta, b) + eta_i`` with ``Var(eta_i) = 1/c_i``.
+    per-KR terms, the intercept term with ``E_r = sum_i w_i (e_0 + ((Z'H)_i - A_i) / c_i)``,
+    and one term per grader block ``B`` the row's KRs touch, with
+    ``g_rB = -sum_i (w_i / c_i) z_i`` over those KRs (``z_i``: KR ``i``'s pair weights).
     """
     d, st = fit.data, fit.state
-    c = st.c[kr]
-    wc = kr_w / c
-    U = u_beta - _cols(kr_row, wc[:, None] * st.A[kr], n_rows)
-    # grader coefficients: -w_e * pair_w_ij / c_i for every grader j of KR i, plus extras
-    counts = np.bincount(d.pair_kr, minlength=d.n_kr)
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    nr = counts[kr]
-    e_rep = np.repeat(np.arange(kr.shape[0]), nr)
-    offs = np.arange(e_rep.shape[0]) - np.repeat(np.cumsum(nr) - nr, nr)
-    pidx = start[kr][e_rep] + offs
-    r_all = kr_row[e_rep]
-    g_all = d.pair_gr[pidx]
-    coef_all = -wc[e_rep] * st.pair_w[pidx]
-    if g_row is not None and g_idx is not None and g_coef is not None:
-        r_all = np.concatenate([r_all, g_row])
-        g_all = np.concatenate([g_all, g_idx])
-        coef_all = np.concatenate([coef_all, g_coef])
-    # merge repeated (row, grader) entries so each row lists each grader once
-    key = r_all * max(d.n_gr, 1) + g_all
-    ukey, inv = np.unique(key, return_inverse=True)
-    coef_u = np.bincount(inv, weights=coef_all, minlength=ukey.shape[0])
-    r_u = ukey // max(d.n_gr, 1)
-    g_u = ukey % max(d.n_gr, 1)
-    h = _cols(r_u, coef_u[:, None] * st.H[g_u], n_rows)
-    E = U - h
+    wc = w / st.c[kr]
+    out = _wsum(row, w * wc, n_rows)
     if d.p:
-        Tinv = np.linalg.inv(st.T)
-        out = np.einsum("ri,ij,rj->r", E, Tinv, E)
-    else:
-        out = np.zeros(n_rows)
-    # sum over pairs of graders within a row (same block only: S_bb is block diagonal)
-    per = np.bincount(r_u, minlength=n_rows)
-    st_r = np.concatenate([[0], np.cumsum(per)[:-1]])
-    reps = per[r_u]
-    a_idx = np.repeat(np.arange(r_u.shape[0]), reps)
-    offs2 = np.arange(a_idx.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps)
-    b_idx = st_r[r_u[a_idx]] + offs2
-    ga, gb = g_u[a_idx], g_u[b_idx]
-    same = fit.component[ga] == fit.component[gb]
-    sinv = _sinv_entries(fit, ga[same], gb[same])
-    out += np.bincount(
-        r_u[a_idx][same],
-        weights=coef_u[a_idx][same] * coef_u[b_idx][same] * sinv,
-        minlength=n_rows,
-    )
-    out += np.bincount(kr_row, weights=kr_w * kr_w / c, minlength=n_rows)
+        HZ = np.asarray(d.Zw.T @ st.H)
+        E_k = wc[:, None] * (HZ[kr] - st.A[kr])
+        E_k[:, 0] += w
+        E = _cols(row, E_k, n_rows)
+        Tinv = _f64(np.linalg.inv(st.T))
+        out += ((E @ Tinv) * E).sum(1)
+    out += _block_quadratics(fit, row, kr, wc, n_rows)
     result: FloatArray = out * fit.var_resid
     return result
 
 
-def _sinv_entries(fit: CrossedFit, j: IntArray, k: IntArray) -> FloatArray:
-    out: FloatArray = fit.s_inv[fit.data.blocks.flat(j, k)]
+#: Grader blocks up to this size take the dense route in :func:`_block_quadratics`;
+#: larger ones (few, and sparsely touched by each row) sum over pairs of entries.
+_DENSE_GROUP_BLOCK = 64
+#: Groups per dense tile: the groups of one block are stacked this many at a time
+#: and multiplied by the block's inverse in one batched product.
+_TILE = 16
+
+
+def _block_quadratics(
+    fit: CrossedFit, row: IntArray, kr: IntArray, wc: FloatArray, n_rows: int
+) -> FloatArray:
+    """Per row, ``sum_B g_rB' S_B^-1 g_rB`` with ``g_rB = -sum_i wc_i z_i`` over its KRs in block B.
+
+    All graders of a KR share one block, so each KR with grades belongs to exactly
+    one group (row, block). A group's coefficients are a short vector over its
+    block; small blocks multiply stacks of such vectors by the block inverse, large
+    blocks sum ``g_j g_k S^-1_jk`` over the group's pairs of graders.
+    """
+    d = fit.data
+    bl = d.blocks
+    counts = np.bincount(d.pair_kr, minlength=d.n_kr)
+    start = np.cumsum(counts) - counts
+    nr = counts[kr]
+    graded = nr > 0
+    if not graded.any():
+        return np.zeros(n_rows)
+    # one entry per (KR of a row, grader of that KR)
+    e_k = np.repeat(np.arange(kr.shape[0]), nr)
+    pidx = start[kr][e_k] + (np.arange(e_k.shape[0]) - np.repeat(np.cumsum(nr) - nr, nr))
+    e_gr = d.pair_gr[pidx]
+    e_coef = -wc[e_k] * fit.state.pair_w[pidx]
+    # groups (block, row), sorted by block; the block of a KR is that of its first grader
+    n_comp = int(bl.component.max()) + 1
+    k_comp = bl.component[d.pair_gr[start[kr[graded]]]]
+    g_key, g_of_k = np.unique(k_comp * n_rows + row[graded], return_inverse=True)
+    k_group = np.full(kr.shape[0], -1, dtype=np.int64)
+    k_group[graded] = g_of_k.reshape(-1)
+    e_group = k_group[e_k]
+    g_comp = g_key // n_rows
+    g_row = g_key % n_rows
+    comp_bucket = np.zeros(n_comp, dtype=np.int64)
+    comp_bucket[bl.component] = bl.grader_bucket
+    comp_block = np.zeros(n_comp, dtype=np.int64)
+    comp_block[bl.component] = bl.grader_block
+    g_bucket = comp_bucket[g_comp]
+    e_bucket = g_bucket[e_group]
+    quad = np.zeros(g_key.shape[0])
+    views = bl.views(fit.s_inv)
+    for b, inv in enumerate(views):
+        s = int(bl.bucket_size[b])
+        gsel = np.flatnonzero(g_bucket == b)
+        if gsel.size == 0:
+            continue
+        esel = np.flatnonzero(e_bucket == b)
+        local = np.empty(g_key.shape[0], dtype=np.int64)
+        local[gsel] = np.arange(gsel.shape[0])
+        e_loc = local[e_group[esel]]
+        e_pos = bl.grader_loc[e_gr[esel]]
+        g_blk = comp_block[g_comp[gsel]]
+        if s <= _DENSE_GROUP_BLOCK:
+            quad[gsel] = _dense_groups(inv, g_blk, e_loc, e_pos, e_coef[esel], s)
+        else:
+            quad[gsel] = _paired_groups(inv, g_blk, e_loc, e_pos, e_coef[esel], s)
+    return _wsum(g_row, quad, n_rows)
+
+
+def _dense_groups(
+    inv: FloatArray, g_blk: IntArray, e_loc: IntArray, e_pos: IntArray, e_coef: FloatArray, s: int
+) -> FloatArray:
+    """``g' S^-1 g`` per group of one bucket: groups (sorted by block) stacked in tiles."""
+    n = g_blk.shape[0]
+    new = np.ones(n, dtype=bool)
+    new[1:] = g_blk[1:] != g_blk[:-1]
+    run_start = np.flatnonzero(new)
+    run_of = np.cumsum(new) - 1
+    rank = np.arange(n) - run_start[run_of]
+    run_len = np.diff(np.append(run_start, n))
+    run_tiles = -(-run_len // _TILE)
+    tile_off = np.cumsum(run_tiles) - run_tiles
+    tile = tile_off[run_of] + rank // _TILE
+    slot = tile * _TILE + rank % _TILE
+    n_tiles = int(run_tiles.sum())
+    tile_blk = np.repeat(g_blk[run_start], run_tiles)
+    G = _wsum(slot[e_loc] * s + e_pos, e_coef, n_tiles * _TILE * s).reshape(n_tiles, _TILE, s)
+    q = np.empty((n_tiles, _TILE))
+    chunk = max(1, (1 << 21) // (s * s))  # about 16 MB of gathered inverses at a time
+    for lo in range(0, n_tiles, chunk):
+        Gt = G[lo : lo + chunk]
+        q[lo : lo + chunk] = (np.matmul(Gt, inv[tile_blk[lo : lo + chunk]]) * Gt).sum(2)
+    out: FloatArray = q.reshape(-1)[slot]
     return out
+
+
+def _paired_groups(
+    inv: FloatArray, g_blk: IntArray, e_loc: IntArray, e_pos: IntArray, e_coef: FloatArray, s: int
+) -> FloatArray:
+    """``g' S^-1 g`` per group of one bucket, summed over the group's pairs of graders."""
+    n = g_blk.shape[0]
+    key, inv_e = np.unique(e_loc * s + e_pos, return_inverse=True)
+    coef = _wsum(inv_e.reshape(-1), e_coef, key.shape[0])
+    grp, pos = key // s, key % s
+    per = np.bincount(grp, minlength=n)
+    reps = per[grp]
+    a = np.repeat(np.arange(grp.shape[0]), reps)
+    b = (np.cumsum(per) - per)[grp[a]] + (
+        np.arange(a.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps)
+    )
+    flat = inv.reshape(-1)
+    val = flat[(g_blk[grp[a]] * s + pos[a]) * s + pos[b]]
+    return _wsum(grp[a], coef[a] * coef[b] * val, n)
 
 
 def _block_inverse(d: CrossedData, st: _State) -> FloatArray:

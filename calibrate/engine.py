@@ -607,30 +607,35 @@ def _mixed_estimates(
     )
 
 
+def _owner_rows(t: GradeTable) -> tuple[list[str], IntArray, IntArray]:
+    """Owners in sorted order; every KR that has an owner, and its owner's position."""
+    present = set(t.kr_owner)
+    present.discard(None)
+    names = sorted(o for o in present if o is not None)
+    pos: dict[str | None, int] = dict(zip(names, range(len(names)), strict=True))
+    pos[None] = -1
+    code = np.array(list(map(pos.__getitem__, t.kr_owner)), dtype=np.int64)
+    kr_rows = np.flatnonzero(code >= 0)
+    return names, kr_rows, code[kr_rows]
+
+
 def _owner_mixed(
     t: GradeTable, fit: CrossedFit, kr_value: FloatArray
 ) -> dict[str, tuple[float, float]]:
     """Owner achievement with the KRs' shared grader and intercept errors accounted for."""
-    owner_names = sorted({o for o in t.kr_owner if o is not None})
+    owner_names, kr_rows, row = _owner_rows(t)
     if not owner_names:
         return {}
-    pos = {o: i for i, o in enumerate(owner_names)}
-    kr_rows = np.array([i for i, o in enumerate(t.kr_owner) if o is not None], dtype=np.int64)
-    row = np.array([pos[o] for o in t.kr_owner if o is not None], dtype=np.int64)
+    n = len(owner_names)
     w = t.kr_weight[kr_rows]
-    wsum = np.bincount(row, weights=w, minlength=len(owner_names))
-    var = contrast_var_multi(
-        fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0), len(owner_names)
-    )
+    wsum = np.bincount(row, weights=w, minlength=n)
+    var = contrast_var_multi(fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0), n)
     vals = _clip(kr_value[kr_rows], t)
-    est = np.bincount(row, weights=w * vals, minlength=len(owner_names))
-    out = {}
-    for o, r in pos.items():
-        if wsum[r] <= 0:
-            out[o] = (math.nan, math.nan)
-        else:
-            out[o] = (float(est[r] / wsum[r]), float(math.sqrt(max(var[r], 0.0))))
-    return out
+    est = np.bincount(row, weights=w * vals, minlength=n)
+    ok = wsum > 0
+    value = np.where(ok, est / np.where(ok, wsum, 1.0), math.nan)
+    se = np.where(ok, np.sqrt(np.maximum(var, 0.0)), math.nan)
+    return dict(zip(owner_names, zip(value.tolist(), se.tolist(), strict=True), strict=True))
 
 
 # --------------------------------------------------------------------------- affine
@@ -902,28 +907,34 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         )
     ]
 
-    owners = []
-    owner_counts: dict[str, int] = {}
-    for o in t.kr_owner:
-        if o is not None:
-            owner_counts[o] = owner_counts.get(o, 0) + 1
-    for o in sorted(owner_counts):
-        o_val, o_se = est.owner_value.get(o, (math.nan, math.nan))
-        o_ok = math.isfinite(o_val)
-        o_se_ok = o_ok and math.isfinite(o_se)
-        owners.append(
-            OwnerAchievement(
-                owner_id=o,
-                n_krs=owner_counts[o],
-                achievement=o_val if o_ok else None,
-                std_error=o_se if o_se_ok else None,
-                ci_low=max(o_val - zc * o_se, t.scale.low) if o_se_ok else None,
-                ci_high=min(o_val + zc * o_se, t.scale.high) if o_se_ok else None,
-                reason=None
-                if o_se_ok
-                else (est.kr_reason or "every KR of this owner has weight 0"),
-            )
+    owner_names, _, owner_row = _owner_rows(t)
+    nan_pair = (math.nan, math.nan)
+    o_pairs = np.array([est.owner_value.get(o, nan_pair) for o in owner_names]).reshape(-1, 2)
+    o_val, o_se = o_pairs[:, 0], o_pairs[:, 1]
+    o_ok = np.isfinite(o_val)
+    o_se_ok = o_ok & np.isfinite(o_se)
+    o_why = est.kr_reason or "every KR of this owner has weight 0"
+    owners = [
+        OwnerAchievement(
+            owner_id=o,
+            n_krs=n,
+            achievement=val,
+            std_error=se_,
+            ci_low=lo,
+            ci_high=hi,
+            reason=None if good else o_why,
         )
+        for o, n, val, se_, lo, hi, good in zip(
+            owner_names,
+            np.bincount(owner_row, minlength=len(owner_names)).tolist(),
+            _nullable(o_val, o_ok),
+            _nullable(o_se, o_se_ok),
+            _nullable(np.maximum(o_val - zc * o_se, t.scale.low), o_se_ok),
+            _nullable(np.minimum(o_val + zc * o_se, t.scale.high), o_se_ok),
+            o_se_ok.tolist(),
+            strict=True,
+        )
+    ]
 
     unexpected: list[UnexpectedGrade] = []
     if est.resid is not None and est.resid_var is not None:
@@ -972,7 +983,10 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
 
 def _nullable(values: FloatArray, mask: BoolArray) -> list[float | None]:
     """Floats where ``mask`` holds, ``None`` elsewhere (never NaN across the boundary)."""
-    return [v if good else None for v, good in zip(values.tolist(), mask.tolist(), strict=True)]
+    out: list[float | None] = values.tolist()
+    for i in np.flatnonzero(~mask).tolist():
+        out[i] = None
+    return out
 
 
 def _model_name(model: Model) -> str:

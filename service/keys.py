@@ -32,6 +32,7 @@ so the Lua scripts that touch several of them stay legal on a cluster)::
     okrcal:{acme}:deliveries                   stream: webhook delivery log
     okrcal:{queue}:webhooks                    stream of deliveries to make (consumer group)
     okrcal:{queue}:webhooks:retry              zset delivery job -> time it is due again
+    okrcal:{auth}:web:<sha256>                 web-page session by hash of its cookie (expires)
 
 Organisation and cycle ids are restricted to ``[A-Za-z0-9._-]`` (see :data:`ORG_PATTERN`),
 so they cannot contain a brace and break the hash tag.
@@ -53,6 +54,7 @@ __all__ = [
     "OrgKeys",
     "api_key",
     "rate_counter",
+    "web_session",
 ]
 
 #: Organisation ids: what may appear inside the ``{org}`` hash tag.
@@ -73,6 +75,14 @@ WEBHOOK_RETRY = f"{_PREFIX}:{{queue}}:webhooks:retry"
 def api_key(key_hash: str) -> str:
     """The record of an API key, found by the SHA-256 of its secret."""
     return f"{_PREFIX}:{{auth}}:key:{key_hash}"
+
+
+def web_session(session_hash: str) -> str:
+    """A web-page session, by the SHA-256 of its id (a dump reveals no live cookie).
+
+    In the ``{auth}`` slot with the key records: a session is found before its org is known.
+    """
+    return f"{_PREFIX}:{{auth}}:web:{session_hash}"
 
 
 def rate_counter(key_id: str, second: int) -> str:

@@ -12,6 +12,12 @@ Locking writes each scope owner's final achievement (adjusted KR grades folded i
 to the cycle's final-owner hash; the owner endpoints serve those as ``final``
 (:func:`final_owner_view`). Reopening (``admin``, with a reason) takes them back.
 
+Every operation is a plain async function (:func:`open_session`, :func:`session_agenda`,
+:func:`preview_changes`, :func:`set_adjustment`, :func:`lock_session`, ...) taking the
+store, organisation, cycle, ids, the acting key and a body struct, returning a struct or
+raising :class:`~service.problems.ProblemError`. The controllers below are one call each,
+and the web pages (:mod:`service.web.session_pages`) call the same functions.
+
 Session states: ``open`` ──lock──> ``locked`` ──reopen (admin)──> ``open``.
 """
 
@@ -51,6 +57,7 @@ from service.auth import SCOPE_OPT, require_scope
 from service.events import emit
 from service.ingest import check_id
 from service.problems import ProblemError
+from service.results import GRADER_DECODER, KR_SCORE_DECODER, OWNER_DECODER, kr_scores
 from service.runs import build_table, load_org_catalogue
 from service.schemas import FieldProblem, KRIn, OwnerOut
 from service.store import ApiKeyRecord, Store
@@ -69,7 +76,20 @@ __all__ = [
     "SessionsController",
     "WhatIfIn",
     "WhatIfOut",
+    "audit_csv_response",
+    "cycle_sessions",
+    "export_audit",
     "final_owner_view",
+    "final_scores",
+    "lock_session",
+    "open_session",
+    "preview_changes",
+    "read_session",
+    "reopen_session",
+    "session_adjustments",
+    "session_agenda",
+    "session_audit_entries",
+    "set_adjustment",
 ]
 
 ReasonCode = Literal[
@@ -236,9 +256,6 @@ _mp = msgspec.msgpack.Encoder().encode
 _scope_decoder = msgspec.msgpack.Decoder(_Scope)
 _adj_decoder = msgspec.msgpack.Decoder(AdjustmentOut)
 _final_decoder = msgspec.msgpack.Decoder(_FinalRecord)
-_kr_score_decoder = msgspec.msgpack.Decoder(KRScore)
-_grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
-_owner_decoder = msgspec.msgpack.Decoder(OwnerAchievement)
 _kr_decoder = msgspec.msgpack.Decoder(KRIn)
 _json = msgspec.json.Encoder().encode
 
@@ -450,29 +467,38 @@ def _session_out(s: _Loaded) -> SessionOut:
     )
 
 
+async def _hmget(client: Any, key: str, fields: Sequence[str]) -> list[bytes | None]:
+    # in chunks: one HMGET of a whole large scope would block Redis for long
+    out: list[bytes | None] = []
+    for i in range(0, len(fields), 5000):
+        out.extend(await client.hmget(key, list(fields[i : i + 5000])))
+    return out
+
+
+async def _hmget_found(client: Any, key: str, fields: Sequence[str]) -> dict[str, bytes]:
+    values = await _hmget(client, key, fields)
+    return {f: raw for f, raw in zip(fields, values, strict=True) if raw is not None}
+
+
 async def _run_part(
     store: Store, org: str, sc: _Scope, part: str, ids: Sequence[str]
 ) -> list[bytes | None]:
     if not ids:
         return []
     key = K.OrgKeys(org).run_part(sc.cycle, sc.run_id, sc.attempt, part)
-    out: list[bytes | None] = []
-    client = redis_of(store)
-    for i in range(0, len(ids), 5000):
-        out.extend(await client.hmget(key, list(ids[i : i + 5000])))
-    return out
+    return await _hmget(redis_of(store), key, ids)
 
 
 async def _scope_results(
     store: Store, org: str, sc: _Scope
 ) -> tuple[list[KRScore], list[GraderEffect]]:
     krs = [
-        _kr_score_decoder.decode(r)
+        KR_SCORE_DECODER.decode(r)
         for r in await _run_part(store, org, sc, "krs", sc.kr_ids)
         if r is not None
     ]
     graders = [
-        _grader_decoder.decode(r)
+        GRADER_DECODER.decode(r)
         for r in await _run_part(store, org, sc, "graders", sc.grader_ids)
         if r is not None
     ]
@@ -487,15 +513,7 @@ async def _adjustments(store: Store, org: str, sc: _Scope) -> dict[str, Adjustme
 
 
 async def _scope_krs(store: Store, org: str, sc: _Scope) -> dict[str, bytes]:
-    client = redis_of(store)
-    key = K.OrgKeys(org).krs(sc.cycle).data
-    out: dict[str, bytes] = {}
-    for i in range(0, len(sc.kr_ids), 5000):
-        chunk = sc.kr_ids[i : i + 5000]
-        for kr_id, raw in zip(chunk, await client.hmget(key, chunk), strict=True):
-            if raw is not None:
-                out[kr_id] = raw
-    return out
+    return await _hmget_found(redis_of(store), K.OrgKeys(org).krs(sc.cycle).data, sc.kr_ids)
 
 
 # --- the what-if table and its baseline fit -------------------------------------------------
@@ -545,13 +563,7 @@ async def _scope_table(store: Store, org: str, sc: _Scope) -> GradeTable:
     if cached is not None and cached[0] == (clock, revision):
         _tables.move_to_end(cache_key)
         return cached[1]
-    grades: dict[str, bytes] = {}
-    key = okeys.grades(sc.cycle).data
-    for i in range(0, len(sc.grade_keys), 5000):
-        chunk = sc.grade_keys[i : i + 5000]
-        for pair, raw in zip(chunk, await client.hmget(key, chunk), strict=True):
-            if raw is not None:
-                grades[pair] = raw
+    grades = await _hmget_found(client, okeys.grades(sc.cycle).data, sc.grade_keys)
     if not grades:
         raise ProblemError(409, "the session's grades are no longer stored; nothing to preview")
     krs = await _scope_krs(store, org, sc)
@@ -614,7 +626,21 @@ async def final_owner_view(
     return out
 
 
-# --- routes ---------------------------------------------------------------------------------
+# --- the operations: what the API controllers and the web pages both call -------------------
+#
+# Each takes the store, the organisation and cycle, ids, the acting key where it writes,
+# and a body struct; it returns a struct or raises ProblemError (4xx), so an HTTP call and
+# a web form run the same checks, the same Lua scripts and write the same audit entries.
+
+
+def _missing(cycle: str, session_id: str) -> ProblemError:
+    return ProblemError(404, f"no session {session_id!r} in cycle {cycle!r}")
+
+
+def _locked(session_id: str) -> ProblemError:
+    return ProblemError(
+        409, f"session {session_id!r} is locked; reopen it (admin) before adjusting"
+    )
 
 
 async def _resolve_run(store: Store, org: str, cycle: str, run_id: str | None) -> dict[str, str]:
@@ -636,17 +662,476 @@ async def _resolve_run(store: Store, org: str, cycle: str, run_id: str | None) -
     return run
 
 
-async def _all_results(
-    store: Store, org: str, cycle: str, run_id: str, attempt: int
-) -> list[KRScore]:
-    out: list[KRScore] = []
-    after: str | None = None
-    while True:
-        rows = await store.result_page(org, cycle, run_id, attempt, "krs", after, 5000)
-        out.extend(_kr_score_decoder.decode(v) for _, v in rows)
-        if len(rows) < 5000:
-            return out
-        after = rows[-1][0]
+def _check_session_in(data: SessionIn) -> str | None:
+    """The checks of a new session's body that need no reads; the cleaned title."""
+    errors: list[FieldProblem] = []
+    check_id(data.facilitator, "facilitator", None, errors)
+    check_id(data.org_unit, "org_unit", None, errors)
+    for i, owner in enumerate(data.owner_ids or []):
+        check_id(owner, f"owner_ids[{i}]", None, errors)
+    if errors:
+        raise ProblemError(400, "invalid session", errors=errors)
+    if (data.owner_ids is None) == (data.org_unit is None):
+        raise _bad(
+            "give the scope as owner_ids or as org_unit (exactly one)",
+            "owner_ids",
+            "exactly one of owner_ids and org_unit",
+        )
+    if data.owner_ids is not None and not data.owner_ids:
+        raise _bad("owner_ids is empty: the session would cover no one", "owner_ids")
+    if not 0 <= data.min_graders <= 1000:
+        raise _bad("min_graders must be between 0 and 1000", "min_graders")
+    return _check_text(data.title, "title", required=False)
+
+
+async def _scope_kr_ids(
+    store: Store, org: str, cycle: str, data: SessionIn, scores: list[KRScore], run_id: str
+) -> tuple[list[str], list[str]]:
+    """The run's KRs the scope covers, and the named owners with none of them."""
+    unmatched: list[str] = []
+    if data.owner_ids is not None:
+        wanted = set(data.owner_ids)
+        kr_ids = [k.kr_id for k in scores if k.owner_id in wanted]
+        seen = {k.owner_id for k in scores if k.owner_id in wanted}
+        unmatched = sorted(wanted - seen)
+        field, what = "owner_ids", f"owners {', '.join(sorted(wanted)[:10])}"
+    else:
+        stored = await store.all_items(org, cycle, "krs")
+        in_unit = {
+            kr_id
+            for kr_id, raw in stored.items()
+            if _kr_decoder.decode(raw).org_unit == data.org_unit
+        }
+        kr_ids = [k.kr_id for k in scores if k.kr_id in in_unit]
+        field, what = "org_unit", f"org unit {data.org_unit!r}"
+    if not kr_ids:
+        raise ProblemError(
+            400,
+            f"the session scope matches no one: no KR of {what} is in run {run_id!r}",
+            errors=[FieldProblem(problem="matches no KR of the run", field=field)],
+        )
+    return kr_ids, unmatched
+
+
+async def open_session(
+    store: Store, org: str, cycle: str, data: SessionIn, actor: ApiKeyRecord
+) -> SessionOut:
+    """Create a session on a scope of owners (or an org unit), pinned to a finished run."""
+    _check_cycle(cycle)
+    title = _check_session_in(data)
+    run = await _resolve_run(store, org, cycle, data.run_id)
+    attempt = int(run["result_attempt"])
+    scores = await kr_scores(store, org, cycle, run["run_id"], attempt)
+    kr_ids, unmatched = await _scope_kr_ids(store, org, cycle, data, scores, run["run_id"])
+    in_scope = set(kr_ids)
+    owners = sorted({k.owner_id for k in scores if k.kr_id in in_scope and k.owner_id})
+    grades = await store.all_items(org, cycle, "grades")
+    grade_keys = [p for p in grades if p.partition("\x1f")[0] in in_scope]
+    grader_ids = sorted({p.partition("\x1f")[2] for p in grade_keys})
+    sid = f"{time.time_ns() // 1_000_000:013x}{secrets.token_hex(3)}"
+    scope = _Scope(
+        session_id=sid,
+        cycle=cycle,
+        facilitator=data.facilitator,
+        title=title,
+        org_unit=data.org_unit,
+        owner_ids=owners,
+        unmatched_owner_ids=unmatched,
+        run_id=run["run_id"],
+        attempt=attempt,
+        model=run["model"],
+        scale=run["scale"],
+        confidence=float(run["confidence"]),
+        min_graders=data.min_graders,
+        kr_ids=sorted(kr_ids),
+        grader_ids=grader_ids,
+        grade_keys=grade_keys,
+        created_us=_now_us(),
+        created_by=actor.name or actor.key_id,
+    )
+    okeys = K.OrgKeys(org)
+    async with redis_of(store).pipeline(transaction=True) as pipe:
+        pipe.hset(okeys.session(cycle, sid), mapping={"record": _mp(scope), "status": "open"})
+        pipe.zadd(okeys.sessions(cycle), {sid: scope.created_us})
+        pipe.xadd(
+            okeys.audit,
+            _audit_fields(
+                "session.created",
+                cycle,
+                sid,
+                actor,
+                {
+                    "facilitator": data.facilitator,
+                    "title": title,
+                    "run_id": run["run_id"],
+                    "owner_ids": data.owner_ids,
+                    "org_unit": data.org_unit,
+                    "n_krs": len(kr_ids),
+                    "n_graders": len(grader_ids),
+                },
+            ),
+        )
+        await pipe.execute()
+    fresh = _Loaded(
+        scope=scope, status="open", locked_us=None, locked_by=None, reopened=0, n_adjustments=0
+    )
+    return _session_out(fresh)
+
+
+async def cycle_sessions(store: Store, org: str, cycle: str, limit: int = 100) -> list[SessionOut]:
+    """The cycle's sessions, newest first."""
+    _check_cycle(cycle)
+    ids = await redis_of(store).zrevrange(K.OrgKeys(org).sessions(cycle), 0, limit - 1)
+    return [_session_out(await _load(store, org, cycle, _s(i))) for i in ids]
+
+
+async def read_session(store: Store, org: str, cycle: str, session_id: str) -> SessionOut:
+    """One session (404 when the cycle has no such session)."""
+    return _session_out(await _load(store, org, cycle, session_id))
+
+
+async def session_agenda(
+    store: Store,
+    org: str,
+    cycle: str,
+    session_id: str,
+    *,
+    max_gaps: int = 20,
+    min_gap: float = 0.1,
+) -> Agenda:
+    """What deserves the room's time, in order, each item with its reasons."""
+    s = await _load(store, org, cycle, session_id)
+    krs, graders = await _scope_results(store, org, s.scope)
+    stored = await _scope_krs(store, org, s.scope)
+    descriptions = {k: _kr_decoder.decode(v).description for k, v in stored.items()}
+    # the core withholds grader statistics itself when the scope has too few graders
+    return build_agenda(
+        krs,
+        graders,
+        parse_scale(s.scope.scale),
+        descriptions=descriptions,
+        min_graders=s.scope.min_graders,
+        max_gaps=max_gaps,
+        min_gap=min_gap,
+    )
+
+
+async def preview_changes(
+    store: Store, org: str, cycle: str, session_id: str, data: WhatIfIn, actor: ApiKeyRecord
+) -> WhatIfOut:
+    """Recalculate the scope with proposed changes; nothing is saved, the preview is audited."""
+    if len(data.changes) > _MAX_CHANGES:
+        raise _bad(f"at most {_MAX_CHANGES} changes per preview", "changes")
+    s = await _load(store, org, cycle, session_id)
+    sc = s.scope
+    started = time.perf_counter()
+    table = await _scope_table(store, org, sc)
+    in_table = set(table.grader_ids)
+    outside = sorted(
+        {
+            g
+            for c in data.changes
+            if (g := getattr(c, "grader_id", None)) is not None and g not in in_table
+        }
+    )
+    known: frozenset[str] = frozenset()
+    if outside:
+        found = await _run_part(store, org, sc, "graders", outside)
+        known = frozenset(g for g, raw in zip(outside, found, strict=True) if raw is not None)
+    result = await anyio.to_thread.run_sync(
+        functools.partial(
+            _preview,
+            table,
+            sc.model,
+            sc.confidence,
+            list(data.changes),
+            known,
+            sc.min_graders,
+            (org, session_id, table.input_hash),
+        )
+    )
+    elapsed = 1000 * (time.perf_counter() - started)
+    await append_audit(
+        store,
+        org,
+        kind="whatif.previewed",
+        cycle=cycle,
+        session_id=session_id,
+        actor=actor,
+        data={
+            "changes": msgspec.to_builtins(data.changes),
+            "n_krs_moved": len(result.krs),
+            "crossings": list(result.crossings),
+        },
+        at_us=_now_us(),
+    )
+    return WhatIfOut(session_id=session_id, run_id=sc.run_id, elapsed_ms=elapsed, result=result)
+
+
+def _checked_grade(sc: _Scope, data: AdjustmentIn) -> float:
+    if data.kr_id not in set(sc.kr_ids):
+        raise _bad(f"KR {data.kr_id!r} is not in this session's scope", "kr_id")
+    scale = parse_scale(sc.scale)
+    value = data.final_grade
+    if not math.isfinite(value) or not scale.low <= value <= scale.high:
+        raise _bad(
+            f"final_grade {value} is outside the {scale.name} scale "
+            f"[{scale.low:g}, {scale.high:g}]",
+            "final_grade",
+        )
+    return float(value)
+
+
+async def set_adjustment(
+    store: Store, org: str, cycle: str, session_id: str, data: AdjustmentIn, actor: ApiKeyRecord
+) -> AdjustmentOut:
+    """Set a KR's final grade with a reason code and comment; 409 once the session is locked."""
+    s = await _load(store, org, cycle, session_id)
+    sc = s.scope
+    if s.status != "open":
+        raise _locked(session_id)
+    comment = _check_text(data.comment, "comment", required=True)
+    assert comment is not None
+    value = _checked_grade(sc, data)
+    raw_score = (await _run_part(store, org, sc, "krs", [data.kr_id]))[0]
+    score = None if raw_score is None else KR_SCORE_DECODER.decode(raw_score)
+    okeys = K.OrgKeys(org)
+    keys = [
+        okeys.session(cycle, session_id),
+        okeys.session_adjustments(cycle, session_id),
+        okeys.session_adjustment_log(cycle, session_id),
+        okeys.audit,
+    ]
+    client = redis_of(store)
+    for _ in range(10):
+        current = await client.hget(keys[1], data.kr_id)
+        prev = None if current is None else _adj_decoder.decode(current)
+        old = prev.new_value if prev is not None else (score.calibrated_grade if score else None)
+        now = _now_us()
+        adj = AdjustmentOut(
+            adjustment_id=f"{now:x}{secrets.token_hex(2)}",
+            session_id=session_id,
+            kr_id=data.kr_id,
+            owner_id=score.owner_id if score else None,
+            calibrated_grade=score.calibrated_grade if score else None,
+            old_value=old,
+            new_value=value,
+            reason_code=data.reason_code,
+            comment=comment,
+            by_key_id=actor.key_id,
+            by_name=actor.name,
+            at=_dt(now),
+        )
+        audit = _audit_pairs("adjustment.set", cycle, session_id, actor, msgspec.to_builtins(adj))
+        args = [data.kr_id, current or b"", _mp(adj), *audit]
+        outcome = await _run_script(store, _ADJUST, keys, args)
+        if outcome == "ok":
+            return adj
+        if outcome == "locked":
+            raise _locked(session_id)
+        if outcome == "missing":
+            raise _missing(cycle, session_id)
+    raise ProblemError(409, "the KR is being adjusted concurrently; try again")
+
+
+async def session_adjustments(
+    store: Store, org: str, cycle: str, session_id: str
+) -> list[AdjustmentOut]:
+    """Every adjustment made in the session, oldest first (old and new values kept)."""
+    await _load(store, org, cycle, session_id)
+    raw = await redis_of(store).lrange(
+        K.OrgKeys(org).session_adjustment_log(cycle, session_id), 0, -1
+    )
+    return [_adj_decoder.decode(r) for r in raw]
+
+
+async def final_scores(store: Store, org: str, cycle: str, session_id: str) -> list[FinalScore]:
+    """The scope's KRs: calibrated grade and final grade (adjusted where the room did)."""
+    s = await _load(store, org, cycle, session_id)
+    krs, _ = await _scope_results(store, org, s.scope)
+    adjusted = await _adjustments(store, org, s.scope)
+    return [
+        FinalScore(
+            kr_id=k.kr_id,
+            owner_id=k.owner_id,
+            raw_grade=k.raw_grade,
+            calibrated_grade=k.calibrated_grade,
+            ci_low=k.ci_low,
+            ci_high=k.ci_high,
+            final_grade=adjusted[k.kr_id].new_value if k.kr_id in adjusted else k.calibrated_grade,
+            adjusted=k.kr_id in adjusted,
+        )
+        for k in krs
+    ]
+
+
+async def _final_owners(
+    store: Store, org: str, sc: _Scope, adjusted: Mapping[str, AdjustmentOut]
+) -> list[OwnerAchievement]:
+    """The scope owners' achievements with the adjusted KR grades folded in."""
+    krs, _ = await _scope_results(store, org, sc)
+    owner_raw = await _run_part(store, org, sc, "owners", sc.owner_ids)
+    owners = [OWNER_DECODER.decode(r) for r in owner_raw if r is not None]
+    weights = {
+        k: w
+        for k, raw in (await _scope_krs(store, org, sc)).items()
+        if (w := _kr_decoder.decode(raw).weight) is not None
+    }
+    changed = {k: a.new_value for k, a in adjusted.items()}
+    return list(final_owners(krs, owners, changed, weights=weights))
+
+
+async def _announce_lock(
+    store: Store,
+    org: str,
+    sc: _Scope,
+    final: Sequence[OwnerAchievement],
+    n_adjustments: int,
+    actor: ApiKeyRecord,
+) -> None:
+    where = {"cycle": sc.cycle, "session_id": sc.session_id, "run_id": sc.run_id}
+    await emit(
+        store,
+        org,
+        "session.locked",
+        {
+            **where,
+            "facilitator": sc.facilitator,
+            "n_krs": len(sc.kr_ids),
+            "n_owners": len(final),
+            "n_adjustments": n_adjustments,
+            "locked_by": actor.name or actor.key_id,
+        },
+    )
+    owners = [
+        {
+            "owner_id": o.owner_id,
+            "achievement": o.achievement,
+            "ci_low": o.ci_low,
+            "ci_high": o.ci_high,
+        }
+        for o in final
+    ]
+    await emit(store, org, "scores.final", {**where, "owners": owners})
+
+
+async def lock_session(
+    store: Store,
+    org: str,
+    cycle: str,
+    session_id: str,
+    data: LockIn | None,
+    actor: ApiKeyRecord,
+) -> SessionOut:
+    """Freeze the final scores: the scope's owners become ``final`` on the owner endpoints."""
+    comment = _check_text(data.comment if data else None, "comment", required=False)
+    okeys = K.OrgKeys(org)
+    keys = [
+        okeys.session(cycle, session_id),
+        okeys.final_owners(cycle),
+        okeys.cycle(cycle),
+        okeys.audit,
+        okeys.session_adjustment_log(cycle, session_id),
+    ]
+    client = redis_of(store)
+    for _ in range(10):
+        s = await _load(store, org, cycle, session_id)
+        sc = s.scope
+        if s.status != "open":
+            raise ProblemError(409, f"session {session_id!r} is already locked")
+        seen = int(await client.llen(keys[4]))
+        adjusted = await _adjustments(store, org, sc)
+        final = await _final_owners(store, org, sc, adjusted)
+        audit = _audit_pairs(
+            "session.locked",
+            cycle,
+            session_id,
+            actor,
+            {
+                "comment": comment,
+                "run_id": sc.run_id,
+                "n_adjustments": len(adjusted),
+                "final_owners": [msgspec.to_builtins(o) for o in final],
+            },
+        )
+        args: list[Any] = [seen, _now_us(), actor.key_id, actor.name or "", len(audit), *audit]
+        for o in final:
+            rec = _FinalRecord(owner=o, session_id=session_id, run_id=sc.run_id)
+            args.extend((o.owner_id, _mp(rec), session_id))
+        outcome = await _run_script(store, _LOCK, keys, args)
+        if outcome == "conflict":
+            continue  # an adjustment landed meanwhile: recompute with it
+        if outcome.startswith("overlap:"):
+            owner, _, other = outcome.removeprefix("overlap:").rpartition(":")
+            raise ProblemError(
+                409,
+                f"owner {owner!r} is already final through locked session {other!r}; "
+                "reopen that session (admin) or leave the owner out of this one",
+            )
+        if outcome == "missing":
+            raise _missing(cycle, session_id)
+        if outcome != "ok":
+            raise ProblemError(409, f"session {session_id!r} is already {outcome}")
+        await _announce_lock(store, org, sc, final, len(adjusted), actor)
+        return await read_session(store, org, cycle, session_id)
+    raise ProblemError(409, "adjustments keep arriving; lock again when the room is done")
+
+
+async def reopen_session(
+    store: Store, org: str, cycle: str, session_id: str, data: ReopenIn, actor: ApiKeyRecord
+) -> SessionOut:
+    """Reopen a locked session (admin, with a reason); its owners are no longer final."""
+    reason = _check_text(data.reason, "reason", required=True)
+    s = await _load(store, org, cycle, session_id)
+    if s.status != "locked":
+        raise ProblemError(409, f"session {session_id!r} is not locked")
+    okeys = K.OrgKeys(org)
+    audit = _audit_pairs("session.reopened", cycle, session_id, actor, {"reason": reason})
+    outcome = await _run_script(
+        store,
+        _REOPEN,
+        [
+            okeys.session(cycle, session_id),
+            okeys.final_owners(cycle),
+            okeys.cycle(cycle),
+            okeys.audit,
+        ],
+        [session_id, len(audit), *audit, *s.scope.owner_ids],
+    )
+    if outcome != "ok":
+        raise ProblemError(409, f"session {session_id!r} is {outcome}, not locked")
+    return await read_session(store, org, cycle, session_id)
+
+
+async def session_audit_entries(
+    store: Store, org: str, cycle: str, session_id: str
+) -> list[AuditEntry]:
+    """The session's audit entries, oldest first (404 when there is no such session)."""
+    await _load(store, org, cycle, session_id)
+    return await read_audit(store, org, cycle=cycle, session_id=session_id)
+
+
+async def export_audit(
+    store: Store, org: str, cycle: str | None, session_id: str | None, after: str | None, limit: int
+) -> list[AuditEntry]:
+    """The organisation's audit entries oldest first, optionally of one cycle or session."""
+    if after is not None and not re.fullmatch(r"\d+-\d+", after):
+        raise _bad(f"invalid entry id {after!r}", "after", "an id looks like 1700000000000-0")
+    return await read_audit(
+        store, org, cycle=cycle, session_id=session_id, after=after, limit=limit
+    )
+
+
+def audit_csv_response(entries: list[AuditEntry], name: str) -> Response[bytes]:
+    """Audit entries as a CSV download named ``name``.csv (``data`` as JSON in its column)."""
+    return Response(
+        audit_csv(entries),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+    )
+
+
+# --- routes ---------------------------------------------------------------------------------
 
 
 class SessionsController(Controller):
@@ -666,112 +1151,7 @@ class SessionsController(Controller):
         data: JSONBody[SessionIn],
     ) -> SessionOut:
         """Create a session on a scope of owners (or an org unit), pinned to a finished run."""
-        _check_cycle(cycle)
-        errors: list[FieldProblem] = []
-        check_id(data.facilitator, "facilitator", None, errors)
-        check_id(data.org_unit, "org_unit", None, errors)
-        for i, owner in enumerate(data.owner_ids or []):
-            check_id(owner, f"owner_ids[{i}]", None, errors)
-        if errors:
-            raise ProblemError(400, "invalid session", errors=errors)
-        if (data.owner_ids is None) == (data.org_unit is None):
-            raise _bad(
-                "give the scope as owner_ids or as org_unit (exactly one)",
-                "owner_ids",
-                "exactly one of owner_ids and org_unit",
-            )
-        if data.owner_ids is not None and not data.owner_ids:
-            raise _bad("owner_ids is empty: the session would cover no one", "owner_ids")
-        if not 0 <= data.min_graders <= 1000:
-            raise _bad("min_graders must be between 0 and 1000", "min_graders")
-        title = _check_text(data.title, "title", required=False)
-        run = await _resolve_run(store, org, cycle, data.run_id)
-        attempt = int(run["result_attempt"])
-        scores = await _all_results(store, org, cycle, run["run_id"], attempt)
-
-        unmatched: list[str] = []
-        if data.owner_ids is not None:
-            wanted = set(data.owner_ids)
-            kr_ids = [k.kr_id for k in scores if k.owner_id in wanted]
-            seen = {k.owner_id for k in scores if k.owner_id in wanted}
-            unmatched = sorted(wanted - seen)
-            field, what = "owner_ids", f"owners {', '.join(sorted(wanted)[:10])}"
-        else:
-            stored = await store.all_items(org, cycle, "krs")
-            in_unit = {
-                kr_id
-                for kr_id, raw in stored.items()
-                if _kr_decoder.decode(raw).org_unit == data.org_unit
-            }
-            kr_ids = [k.kr_id for k in scores if k.kr_id in in_unit]
-            field, what = "org_unit", f"org unit {data.org_unit!r}"
-        if not kr_ids:
-            raise ProblemError(
-                400,
-                f"the session scope matches no one: no KR of {what} is in run {run['run_id']!r}",
-                errors=[FieldProblem(problem="matches no KR of the run", field=field)],
-            )
-        in_scope = set(kr_ids)
-        owners = sorted({k.owner_id for k in scores if k.kr_id in in_scope and k.owner_id})
-        grades = await store.all_items(org, cycle, "grades")
-        grade_keys = [p for p in grades if p.partition("\x1f")[0] in in_scope]
-        grader_ids = sorted({p.partition("\x1f")[2] for p in grade_keys})
-        actor = _actor(request)
-        sid = f"{time.time_ns() // 1_000_000:013x}{secrets.token_hex(3)}"
-        scope = _Scope(
-            session_id=sid,
-            cycle=cycle,
-            facilitator=data.facilitator,
-            title=title,
-            org_unit=data.org_unit,
-            owner_ids=owners,
-            unmatched_owner_ids=unmatched,
-            run_id=run["run_id"],
-            attempt=attempt,
-            model=run["model"],
-            scale=run["scale"],
-            confidence=float(run["confidence"]),
-            min_graders=data.min_graders,
-            kr_ids=sorted(kr_ids),
-            grader_ids=grader_ids,
-            grade_keys=grade_keys,
-            created_us=_now_us(),
-            created_by=actor.name or actor.key_id,
-        )
-        okeys = K.OrgKeys(org)
-        client = redis_of(store)
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hset(okeys.session(cycle, sid), mapping={"record": _mp(scope), "status": "open"})
-            pipe.zadd(okeys.sessions(cycle), {sid: scope.created_us})
-            pipe.xadd(
-                okeys.audit,
-                _audit_fields(
-                    "session.created",
-                    cycle,
-                    sid,
-                    actor,
-                    {
-                        "facilitator": data.facilitator,
-                        "title": title,
-                        "run_id": run["run_id"],
-                        "owner_ids": data.owner_ids,
-                        "org_unit": data.org_unit,
-                        "n_krs": len(kr_ids),
-                        "n_graders": len(grader_ids),
-                    },
-                ),
-            )
-            await pipe.execute()
-        return _session_out(
-            _Loaded(
-                scope=scope,
-                status="open",
-                locked_us=None,
-                locked_by=None,
-                reopened=0,
-                n_adjustments=0,
-            )
-        )
+        return await open_session(store, org, cycle, data, _actor(request))
 
     @get("/", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def list_sessions(
@@ -782,9 +1162,7 @@ class SessionsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[SessionOut]:
         """The cycle's sessions, newest first."""
-        _check_cycle(cycle)
-        ids = await redis_of(store).zrevrange(K.OrgKeys(org).sessions(cycle), 0, limit - 1)
-        return [_session_out(await _load(store, org, cycle, _s(i))) for i in ids]
+        return await cycle_sessions(store, org, cycle, limit)
 
     @get("/{session_id:str}", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def get_session(
@@ -795,7 +1173,7 @@ class SessionsController(Controller):
         session_id: FromPath[str],
     ) -> SessionOut:
         """One session."""
-        return _session_out(await _load(store, org, cycle, session_id))
+        return await read_session(store, org, cycle, session_id)
 
     @get("/{session_id:str}/agenda", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def agenda(
@@ -808,19 +1186,8 @@ class SessionsController(Controller):
         min_gap: Annotated[float, QueryParameter(ge=0.0, le=1.0)] = 0.1,
     ) -> Agenda:
         """What deserves the room's time, in order, each item with its reasons."""
-        s = await _load(store, org, cycle, session_id)
-        krs, graders = await _scope_results(store, org, s.scope)
-        stored = await _scope_krs(store, org, s.scope)
-        descriptions = {k: _kr_decoder.decode(v).description for k, v in stored.items()}
-        # the core withholds grader statistics itself when the scope has too few graders
-        return build_agenda(
-            krs,
-            graders,
-            parse_scale(s.scope.scale),
-            descriptions=descriptions,
-            min_graders=s.scope.min_graders,
-            max_gaps=max_gaps,
-            min_gap=min_gap,
+        return await session_agenda(
+            store, org, cycle, session_id, max_gaps=max_gaps, min_gap=min_gap
         )
 
     @post("/{session_id:str}/what-if", opt={SCOPE_OPT: "calibration:run"}, status_code=200)
@@ -834,52 +1201,7 @@ class SessionsController(Controller):
         data: JSONBody[WhatIfIn],
     ) -> WhatIfOut:
         """Recalculate the scope with proposed changes; nothing is saved (previews are audited)."""
-        if len(data.changes) > _MAX_CHANGES:
-            raise _bad(f"at most {_MAX_CHANGES} changes per preview", "changes")
-        s = await _load(store, org, cycle, session_id)
-        sc = s.scope
-        started = time.perf_counter()
-        table = await _scope_table(store, org, sc)
-        in_table = set(table.grader_ids)
-        outside = sorted(
-            {
-                g
-                for c in data.changes
-                if (g := getattr(c, "grader_id", None)) is not None and g not in in_table
-            }
-        )
-        known: frozenset[str] = frozenset()
-        if outside:
-            found = await _run_part(store, org, sc, "graders", outside)
-            known = frozenset(g for g, raw in zip(outside, found, strict=True) if raw is not None)
-        result = await anyio.to_thread.run_sync(
-            functools.partial(
-                _preview,
-                table,
-                sc.model,
-                sc.confidence,
-                list(data.changes),
-                known,
-                sc.min_graders,
-                (org, session_id, table.input_hash),
-            )
-        )
-        elapsed = 1000 * (time.perf_counter() - started)
-        await append_audit(
-            store,
-            org,
-            kind="whatif.previewed",
-            cycle=cycle,
-            session_id=session_id,
-            actor=_actor(request),
-            data={
-                "changes": msgspec.to_builtins(data.changes),
-                "n_krs_moved": len(result.krs),
-                "crossings": list(result.crossings),
-            },
-            at_us=_now_us(),
-        )
-        return WhatIfOut(session_id=session_id, run_id=sc.run_id, elapsed_ms=elapsed, result=result)
+        return await preview_changes(store, org, cycle, session_id, data, _actor(request))
 
     @post("/{session_id:str}/adjustments", opt={SCOPE_OPT: "calibration:run"}, status_code=201)
     async def adjust(
@@ -892,82 +1214,7 @@ class SessionsController(Controller):
         data: JSONBody[AdjustmentIn],
     ) -> AdjustmentOut:
         """Set a KR's final grade with a reason code and comment; 409 once the session is locked."""
-        s = await _load(store, org, cycle, session_id)
-        sc = s.scope
-        if s.status != "open":
-            raise ProblemError(
-                409, f"session {session_id!r} is locked; reopen it (admin) before adjusting"
-            )
-        comment = _check_text(data.comment, "comment", required=True)
-        assert comment is not None
-        if data.kr_id not in set(sc.kr_ids):
-            raise _bad(f"KR {data.kr_id!r} is not in this session's scope", "kr_id")
-        scale = parse_scale(sc.scale)
-        value = data.final_grade
-        if not math.isfinite(value) or not scale.low <= value <= scale.high:
-            raise _bad(
-                f"final_grade {value} is outside the {scale.name} scale "
-                f"[{scale.low:g}, {scale.high:g}]",
-                "final_grade",
-            )
-        raw_score = (await _run_part(store, org, sc, "krs", [data.kr_id]))[0]
-        score = None if raw_score is None else _kr_score_decoder.decode(raw_score)
-        actor = _actor(request)
-        okeys = K.OrgKeys(org)
-        client = redis_of(store)
-        for _ in range(10):
-            current = await client.hget(okeys.session_adjustments(cycle, session_id), data.kr_id)
-            prev = None if current is None else _adj_decoder.decode(current)
-            old = (
-                prev.new_value if prev is not None else (score.calibrated_grade if score else None)
-            )
-            now = _now_us()
-            adj = AdjustmentOut(
-                adjustment_id=f"{now:x}{secrets.token_hex(2)}",
-                session_id=session_id,
-                kr_id=data.kr_id,
-                owner_id=score.owner_id if score else None,
-                calibrated_grade=score.calibrated_grade if score else None,
-                old_value=old,
-                new_value=float(value),
-                reason_code=data.reason_code,
-                comment=comment,
-                by_key_id=actor.key_id,
-                by_name=actor.name,
-                at=_dt(now),
-            )
-            blob = _mp(adj)
-            outcome = await _run_script(
-                store,
-                _ADJUST,
-                [
-                    okeys.session(cycle, session_id),
-                    okeys.session_adjustments(cycle, session_id),
-                    okeys.session_adjustment_log(cycle, session_id),
-                    okeys.audit,
-                ],
-                [
-                    data.kr_id,
-                    current or b"",
-                    blob,
-                    *_audit_pairs(
-                        "adjustment.set",
-                        cycle,
-                        session_id,
-                        actor,
-                        msgspec.to_builtins(adj),
-                    ),
-                ],
-            )
-            if outcome == "ok":
-                return adj
-            if outcome == "locked":
-                raise ProblemError(
-                    409, f"session {session_id!r} is locked; reopen it (admin) before adjusting"
-                )
-            if outcome == "missing":
-                raise ProblemError(404, f"no session {session_id!r} in cycle {cycle!r}")
-        raise ProblemError(409, "the KR is being adjusted concurrently; try again")
+        return await set_adjustment(store, org, cycle, session_id, data, _actor(request))
 
     @get("/{session_id:str}/adjustments", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def list_adjustments(
@@ -978,11 +1225,7 @@ class SessionsController(Controller):
         session_id: FromPath[str],
     ) -> list[AdjustmentOut]:
         """Every adjustment made in the session, oldest first (old and new values kept)."""
-        await _load(store, org, cycle, session_id)
-        raw = await redis_of(store).lrange(
-            K.OrgKeys(org).session_adjustment_log(cycle, session_id), 0, -1
-        )
-        return [_adj_decoder.decode(r) for r in raw]
+        return await session_adjustments(store, org, cycle, session_id)
 
     @get("/{session_id:str}/scores", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
     async def scores(
@@ -993,24 +1236,7 @@ class SessionsController(Controller):
         session_id: FromPath[str],
     ) -> list[FinalScore]:
         """The scope's KRs: calibrated grade and final grade (adjusted where the room did)."""
-        s = await _load(store, org, cycle, session_id)
-        krs, _ = await _scope_results(store, org, s.scope)
-        adjusted = await _adjustments(store, org, s.scope)
-        return [
-            FinalScore(
-                kr_id=k.kr_id,
-                owner_id=k.owner_id,
-                raw_grade=k.raw_grade,
-                calibrated_grade=k.calibrated_grade,
-                ci_low=k.ci_low,
-                ci_high=k.ci_high,
-                final_grade=adjusted[k.kr_id].new_value
-                if k.kr_id in adjusted
-                else k.calibrated_grade,
-                adjusted=k.kr_id in adjusted,
-            )
-            for k in krs
-        ]
+        return await final_scores(store, org, cycle, session_id)
 
     @post("/{session_id:str}/lock", opt={SCOPE_OPT: "calibration:run"}, status_code=200)
     async def lock(
@@ -1023,112 +1249,7 @@ class SessionsController(Controller):
         data: JSONBody[LockIn | None] = None,
     ) -> SessionOut:
         """Freeze the final scores: the scope's owners become ``final`` on the owner endpoints."""
-        comment = _check_text(data.comment if data else None, "comment", required=False)
-        actor = _actor(request)
-        okeys = K.OrgKeys(org)
-        client = redis_of(store)
-        for _ in range(10):
-            s = await _load(store, org, cycle, session_id)
-            sc = s.scope
-            if s.status != "open":
-                raise ProblemError(409, f"session {session_id!r} is already locked")
-            seen = int(await client.llen(okeys.session_adjustment_log(cycle, session_id)))
-            krs, _ = await _scope_results(store, org, sc)
-            adjusted = await _adjustments(store, org, sc)
-            owner_raw = await _run_part(store, org, sc, "owners", sc.owner_ids)
-            owners = [_owner_decoder.decode(r) for r in owner_raw if r is not None]
-            weights = {
-                k: w
-                for k, raw in (await _scope_krs(store, org, sc)).items()
-                if (w := _kr_decoder.decode(raw).weight) is not None
-            }
-            final = final_owners(
-                krs, owners, {k: a.new_value for k, a in adjusted.items()}, weights=weights
-            )
-            audit = _audit_pairs(
-                "session.locked",
-                cycle,
-                session_id,
-                actor,
-                {
-                    "comment": comment,
-                    "run_id": sc.run_id,
-                    "n_adjustments": len(adjusted),
-                    "final_owners": [msgspec.to_builtins(o) for o in final],
-                },
-            )
-            args: list[Any] = [
-                seen,
-                _now_us(),
-                actor.key_id,
-                actor.name or "",
-                len(audit),
-                *audit,
-            ]
-            for o in final:
-                rec = _FinalRecord(owner=o, session_id=session_id, run_id=sc.run_id)
-                args.extend((o.owner_id, _mp(rec), session_id))
-            outcome = await _run_script(
-                store,
-                _LOCK,
-                [
-                    okeys.session(cycle, session_id),
-                    okeys.final_owners(cycle),
-                    okeys.cycle(cycle),
-                    okeys.audit,
-                    okeys.session_adjustment_log(cycle, session_id),
-                ],
-                args,
-            )
-            if outcome == "conflict":
-                continue  # an adjustment landed meanwhile: recompute with it
-            if outcome.startswith("overlap:"):
-                owner, _, other = outcome.removeprefix("overlap:").rpartition(":")
-                raise ProblemError(
-                    409,
-                    f"owner {owner!r} is already final through locked session {other!r}; "
-                    "reopen that session (admin) or leave the owner out of this one",
-                )
-            if outcome == "missing":
-                raise ProblemError(404, f"no session {session_id!r} in cycle {cycle!r}")
-            if outcome != "ok":
-                raise ProblemError(409, f"session {session_id!r} is already {outcome}")
-            await emit(
-                store,
-                org,
-                "session.locked",
-                {
-                    "cycle": cycle,
-                    "session_id": session_id,
-                    "run_id": sc.run_id,
-                    "facilitator": sc.facilitator,
-                    "n_krs": len(sc.kr_ids),
-                    "n_owners": len(final),
-                    "n_adjustments": len(adjusted),
-                    "locked_by": actor.name or actor.key_id,
-                },
-            )
-            await emit(
-                store,
-                org,
-                "scores.final",
-                {
-                    "cycle": cycle,
-                    "session_id": session_id,
-                    "run_id": sc.run_id,
-                    "owners": [
-                        {
-                            "owner_id": o.owner_id,
-                            "achievement": o.achievement,
-                            "ci_low": o.ci_low,
-                            "ci_high": o.ci_high,
-                        }
-                        for o in final
-                    ],
-                },
-            )
-            return _session_out(await _load(store, org, cycle, session_id))
-        raise ProblemError(409, "adjustments keep arriving; lock again when the room is done")
+        return await lock_session(store, org, cycle, session_id, data, _actor(request))
 
     @post("/{session_id:str}/reopen", opt={SCOPE_OPT: "admin"}, status_code=200)
     async def reopen(
@@ -1141,28 +1262,7 @@ class SessionsController(Controller):
         data: JSONBody[ReopenIn],
     ) -> SessionOut:
         """Reopen a locked session (admin, with a reason); its owners are no longer final."""
-        reason = _check_text(data.reason, "reason", required=True)
-        s = await _load(store, org, cycle, session_id)
-        if s.status != "locked":
-            raise ProblemError(409, f"session {session_id!r} is not locked")
-        okeys = K.OrgKeys(org)
-        audit = _audit_pairs(
-            "session.reopened", cycle, session_id, _actor(request), {"reason": reason}
-        )
-        outcome = await _run_script(
-            store,
-            _REOPEN,
-            [
-                okeys.session(cycle, session_id),
-                okeys.final_owners(cycle),
-                okeys.cycle(cycle),
-                okeys.audit,
-            ],
-            [session_id, len(audit), *audit, *s.scope.owner_ids],
-        )
-        if outcome != "ok":
-            raise ProblemError(409, f"session {session_id!r} is {outcome}, not locked")
-        return _session_out(await _load(store, org, cycle, session_id))
+        return await reopen_session(store, org, cycle, session_id, data, _actor(request))
 
     @get("/{session_id:str}/audit", opt={SCOPE_OPT: ("calibration:run", "hr:read")})
     async def session_audit(
@@ -1173,8 +1273,7 @@ class SessionsController(Controller):
         session_id: FromPath[str],
     ) -> list[AuditEntry]:
         """The session's audit entries, oldest first."""
-        await _load(store, org, cycle, session_id)
-        return await read_audit(store, org, cycle=cycle, session_id=session_id)
+        return await session_audit_entries(store, org, cycle, session_id)
 
     @get(
         "/{session_id:str}/audit.csv",
@@ -1189,38 +1288,14 @@ class SessionsController(Controller):
         session_id: FromPath[str],
     ) -> Response[bytes]:
         """The session's audit entries as CSV (``data`` as JSON in its column)."""
-        await _load(store, org, cycle, session_id)
-        entries = await read_audit(store, org, cycle=cycle, session_id=session_id)
-        return _csv_response(entries, f"audit-{cycle}-{session_id}")
-
-
-def _csv_response(entries: list[AuditEntry], name: str) -> Response[bytes]:
-    return Response(
-        audit_csv(entries),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
-    )
+        entries = await session_audit_entries(store, org, cycle, session_id)
+        return audit_csv_response(entries, f"audit-{cycle}-{session_id}")
 
 
 AuditAfter = Annotated[str | None, QueryParameter(description="entries after this id")]
 AuditLimit = Annotated[int, QueryParameter(ge=1, le=100_000)]
 OneCycle = Annotated[str | None, QueryParameter(description="one cycle")]
 OneSession = Annotated[str | None, QueryParameter(description="one session")]
-
-
-async def _export(
-    store: Store,
-    org: str,
-    cycle: str | None,
-    session_id: str | None,
-    after: str | None,
-    limit: int,
-) -> list[AuditEntry]:
-    if after is not None and not re.fullmatch(r"\d+-\d+", after):
-        raise _bad(f"invalid entry id {after!r}", "after", "an id looks like 1700000000000-0")
-    return await read_audit(
-        store, org, cycle=cycle, session_id=session_id, after=after, limit=limit
-    )
 
 
 class AuditController(Controller):
@@ -1242,7 +1317,7 @@ class AuditController(Controller):
         limit: AuditLimit = 10_000,
     ) -> list[AuditEntry]:
         """Audit entries oldest first, optionally of one cycle or session."""
-        return await _export(store, org, cycle, session_id, after, limit)
+        return await export_audit(store, org, cycle, session_id, after, limit)
 
     @get("/audit.csv", media_type="text/csv")
     async def export_csv(
@@ -1255,5 +1330,5 @@ class AuditController(Controller):
         limit: AuditLimit = 10_000,
     ) -> Response[bytes]:
         """The same entries as CSV (``data`` as JSON in its column)."""
-        entries = await _export(store, org, cycle, session_id, after, limit)
-        return _csv_response(entries, f"audit-{org}")
+        entries = await export_audit(store, org, cycle, session_id, after, limit)
+        return audit_csv_response(entries, f"audit-{org}")

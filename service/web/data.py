@@ -14,16 +14,15 @@ from typing import Any
 import msgspec
 
 from anchors import Scale, parse_scale
-from calibrate import CalibrationFit, GraderEffect, KRScore, OwnerAchievement
-from calibrate.drift import CyclePoint
+from calibrate import CalibrationFit, KRScore
 from service import keys as K  # noqa: N812 - read as "keys"
+from service.results import GRADER_DECODER, KR_SCORE_DECODER, OWNER_DECODER, all_rows
 from service.schemas import GradeValue, KRIn
 from service.store import ResultPart, Store
 
 __all__ = [
     "CycleResults",
     "RunRow",
-    "grader_histories",
     "kr_grades",
     "kr_record",
     "kr_score",
@@ -34,12 +33,8 @@ __all__ = [
 ]
 
 _fit_decoder = msgspec.msgpack.Decoder(CalibrationFit)
-_kr_score_decoder = msgspec.msgpack.Decoder(KRScore)
-_grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
-_owner_decoder = msgspec.msgpack.Decoder(OwnerAchievement)
 _grade_decoder = msgspec.msgpack.Decoder(GradeValue)
 _kr_decoder = msgspec.msgpack.Decoder(KRIn)
-_PAGE = 5000
 
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,29 +153,19 @@ async def load_results(
     )
 
 
-async def _all_rows(store: Store, org: str, res: CycleResults, part: ResultPart) -> list[bytes]:
-    out: list[bytes] = []
-    after: str | None = None
-    while True:
-        rows = await store.result_page(org, res.cycle, res.run_id, res.attempt, part, after, _PAGE)
-        out.extend(raw for _, raw in rows)
-        if len(rows) < _PAGE:
-            return out
-        after = rows[-1][0]
-
-
 async def read_part(store: Store, org: str, res: CycleResults, part: ResultPart) -> list[Any]:
     """Every row of one result table of the run: KR scores, grader effects or owners."""
-    decoder: Any = {"krs": _kr_score_decoder, "graders": _grader_decoder, "owners": _owner_decoder}[
+    decoder: Any = {"krs": KR_SCORE_DECODER, "graders": GRADER_DECODER, "owners": OWNER_DECODER}[
         part
     ]
-    return [decoder.decode(raw) for raw in await _all_rows(store, org, res, part)]
+    rows = await all_rows(store, org, res.cycle, res.run_id, res.attempt, part)
+    return [decoder.decode(raw) for raw in rows]
 
 
 async def kr_score(store: Store, org: str, res: CycleResults, kr_id: str) -> KRScore | None:
     """One KR's calibrated score in the run, or None when the run did not score it."""
     raw = await store.result_item(org, res.cycle, res.run_id, res.attempt, "krs", kr_id)
-    return None if raw is None else _kr_score_decoder.decode(raw)
+    return None if raw is None else KR_SCORE_DECODER.decode(raw)
 
 
 async def kr_grades(store: Store, org: str, cycle: str, kr_id: str) -> list[tuple[str, float]]:
@@ -209,41 +194,3 @@ async def kr_record(store: Store, org: str, cycle: str, kr_id: str) -> KRIn | No
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
-
-
-async def grader_histories(
-    store: Store, org: str, max_cycles: int = 40
-) -> tuple[list[str], dict[str, list[CyclePoint]]]:
-    """Every grader's leniency in each cycle's published run, on Google's 0–1 scale.
-
-    The cycles with a published run (at most the last ``max_cycles`` by name), and per
-    grader the cycles they were estimated in. Leniency is divided by the run scale's
-    span so cycles graded on different scales compare, as the drift API does.
-    """
-    client: Any = getattr(store, "redis", None)
-    if client is None:
-        return [], {}
-    pattern = K.OrgKeys(org).published_pattern()
-    prefix = pattern[:-1]
-    names = sorted({_s(k)[len(prefix) :] async for k in client.scan_iter(match=pattern)})
-    used: list[str] = []
-    hist: dict[str, list[CyclePoint]] = {}
-    for cycle in names[-max_cycles:]:
-        res, _ = await load_results(store, org, cycle, None)
-        if res is None:
-            continue
-        used.append(cycle)
-        span = res.scale.span
-        for g in await read_part(store, org, res, "graders"):
-            hist.setdefault(g.grader_id, []).append(
-                CyclePoint(
-                    cycle=cycle,
-                    leniency=None if g.leniency is None else g.leniency / span,
-                    std_error=None if g.std_error is None else g.std_error / span,
-                    ci_low=None if g.ci_low is None else g.ci_low / span,
-                    ci_high=None if g.ci_high is None else g.ci_high / span,
-                    n_grades=g.n_grades,
-                    flag=g.flag,
-                )
-            )
-    return used, hist

@@ -1,8 +1,8 @@
 """The drift page for HR: each grader's leniency across cycles, and the drifting graders.
 
-The ranked list is the drift API's own answer (:class:`service.drift_api.DriftController`,
-called in-process), so the page and ``GET /v1/orgs/{org}/drift/graders`` never disagree;
-the figure draws every grader's history read from the published runs.
+The histories, the ranked list and a grader's tests come from the drift API's own
+operations (:mod:`service.drift_api`), so the page and ``GET /v1/orgs/{org}/drift/graders``
+never disagree; the figure draws every grader's history read from the published runs.
 """
 
 from __future__ import annotations
@@ -16,56 +16,47 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from calibrate.drift import CyclePoint
-from service.drift_api import DriftController, DriftListOut, GraderDriftOut
+from service.drift_api import (
+    CONFIDENCE,
+    FDR,
+    MAX_CYCLES,
+    MIN_CHANGE,
+    MIN_CYCLES,
+    DriftListOut,
+    GraderDriftOut,
+    check_cycle_count,
+    grader_drift,
+    grader_histories,
+    published_cycles,
+    rank_histories,
+)
 from service.problems import ProblemError
 from service.store import Store
-from service.web import data, plots
+from service.web import plots
 from service.web.pages import PAGE_PREFIX, download_operation, inline_svg, page, require
 from service.web.websession import PageError
 
 __all__ = ["CONFIDENCE", "FDR", "MIN_CHANGE", "MIN_CYCLES", "DriftPages"]
 
-#: The drift API's defaults, shown on the page.
-MIN_CYCLES = 3
-FDR = 0.05
-MIN_CHANGE = 0.05
-CONFIDENCE = 0.90
-
 
 async def _drift(
     store: Store, org: str
 ) -> tuple[list[str], dict[str, list[CyclePoint]], DriftListOut | None, str | None]:
-    cycles, histories = await data.grader_histories(store, org)
+    # The figure shows the latest cycles even when there are more than the API ranks at once.
+    names = await published_cycles(store, org)
+    cycles, histories = await grader_histories(store, org, names[-MAX_CYCLES:])
     try:
-        ranked: DriftListOut = await DriftController.drifting.fn(
-            None,
-            store=store,
-            org=org,
-            cycles=None,
-            min_cycles=MIN_CYCLES,
-            fdr=FDR,
-            min_change=MIN_CHANGE,
-            confidence=CONFIDENCE,
-        )
+        check_cycle_count(names)
     except ProblemError as exc:
         return cycles, histories, None, exc.detail
-    return cycles, histories, ranked, None
+    return cycles, histories, rank_histories(cycles, histories), None
 
 
 async def _grader(store: Store, org: str, grader_id: str) -> GraderDriftOut:
     try:
-        found: GraderDriftOut = await DriftController.grader.fn(
-            None,
-            store=store,
-            org=org,
-            grader_id=grader_id,
-            cycles=None,
-            min_cycles=MIN_CYCLES,
-            confidence=CONFIDENCE,
-        )
+        return await grader_drift(store, org, grader_id)
     except ProblemError as exc:
         raise PageError(exc.status, exc.detail) from exc
-    return found
 
 
 def _render(histories: dict[str, list[CyclePoint]], drifting: list[str], fmt: str) -> bytes:

@@ -1,11 +1,10 @@
 """The calibration-session pages: list and create, agenda, what-if, adjustments, lock, audit.
 
-Every read and write goes through the sessions API's own handlers
-(:class:`service.sessions.SessionsController`), called in-process with the signed-in
-key as the actor: a page does exactly what ``POST .../sessions/{id}/adjustments`` does,
-with the same checks, the same Lua scripts and the same audit entries. The pages add
-only form decoding and presentation. (The handlers are reached through ``.fn``:
-:mod:`service.sessions` keeps its operations inside the controller.)
+Every read and write is one of the sessions API's own operations (:mod:`service.sessions`:
+:func:`~service.sessions.open_session`, :func:`~service.sessions.set_adjustment`, ...),
+called with the signed-in key as the actor: a page does exactly what
+``POST .../sessions/{id}/adjustments`` does, with the same checks, the same Lua scripts
+and the same audit entries. The pages add only form decoding and presentation.
 """
 
 from __future__ import annotations
@@ -21,21 +20,27 @@ from litestar.response import Redirect, Template
 
 from anchors import AnchorError, parse_scale
 from calibrate import CalibrateError, InputError
-from calibrate.session import Agenda
-from service.audit import AuditEntry, audit_csv, read_audit
+from service.audit import AuditEntry, read_audit
 from service.problems import ProblemError
 from service.sessions import (
     REASON_CODES,
     AdjustmentIn,
-    AdjustmentOut,
-    FinalScore,
     LockIn,
     ReopenIn,
     SessionIn,
-    SessionOut,
-    SessionsController,
     WhatIfIn,
-    WhatIfOut,
+    audit_csv_response,
+    cycle_sessions,
+    final_scores,
+    lock_session,
+    open_session,
+    preview_changes,
+    read_session,
+    reopen_session,
+    session_adjustments,
+    session_agenda,
+    session_audit_entries,
+    set_adjustment,
 )
 from service.store import Store
 from service.web import data
@@ -74,17 +79,17 @@ def problem_text(exc: Exception) -> str:
     return str(exc)
 
 
-async def _call(
-    handler: Any, request: Request[Any, Any, Any], user: WebUser, cycle: str, **kwargs: Any
-) -> Any:
-    """Run a sessions API handler as the signed-in key (its guard's work is done already)."""
-    request.state.api_key = user.record
+async def _signed_form(request: Request[Any, Any, Any], *scopes: str) -> tuple[WebUser, Any]:
+    """The signed-in user holding one of ``scopes``, and the posted form (CSRF checked)."""
+    user = await require(request, *scopes)
+    form = await request.form()
+    check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+    return user, form
+
+
+def _store(request: Request[Any, Any, Any]) -> Store:
     store: Store = request.app.state.store
-    fn = handler.fn
-    params = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-    if "request" in params:
-        kwargs["request"] = request
-    return await fn(None, store=store, org=user.org, cycle=cycle, **kwargs)
+    return store
 
 
 def _form_dict(form: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, str]:
@@ -112,9 +117,7 @@ class SessionPages(Controller):
         self, request: Request[Any, Any, Any], cycle: FromPath[str]
     ) -> Template | Redirect:
         """Open a session on some owners (every owner of the run when none is named)."""
-        user = await require(request, "calibration:run")
-        form = await request.form()
-        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        user, form = await _signed_form(request, "calibration:run")
         f = _form_dict(form, ("facilitator", "title", "owner_ids", "org_unit"))
         body: dict[str, Any] = {"facilitator": f["facilitator"], "title": f["title"] or None}
         try:
@@ -124,12 +127,8 @@ class SessionPages(Controller):
                 body["owner_ids"] = [o.strip() for o in f["owner_ids"].split(",") if o.strip()]
             else:
                 body["owner_ids"] = await _every_owner(request, user, cycle)
-            made: SessionOut = await _call(
-                SessionsController.create,
-                request,
-                user,
-                cycle,
-                data=msgspec.convert(body, SessionIn),
+            made = await open_session(
+                _store(request), user.org, cycle, msgspec.convert(body, SessionIn), user.record
             )
         except (ProblemError, msgspec.ValidationError) as exc:
             return await _sessions_page(request, user, cycle, error=problem_text(exc), form=f)
@@ -149,25 +148,15 @@ class SessionPages(Controller):
     ) -> Response[bytes]:
         """The session's audit entries as CSV (what ``.../audit?format=csv`` of the API gives)."""
         user = await require(request, "calibration:run", "hr:read", redirect=False)
-        await _call(SessionsController.get_session, request, user, cycle, session_id=session_id)
-        entries = await read_audit(
-            request.app.state.store, user.org, cycle=cycle, session_id=session_id
-        )
-        name = f"audit-{cycle}-{session_id}.csv".replace('"', "")
-        return Response(
-            audit_csv(entries),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
+        entries = await session_audit_entries(_store(request), user.org, cycle, session_id)
+        return audit_csv_response(entries, f"audit-{cycle}-{session_id}".replace('"', ""))
 
     @post("/{session_id:str}/what-if", status_code=200)
     async def what_if(
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
     ) -> Template:
         """Preview one proposed change; nothing is saved (the preview is audited)."""
-        user = await require(request, "calibration:run")
-        form = await request.form()
-        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        user, form = await _signed_form(request, "calibration:run")
         f = _form_dict(form, ("type", "kr_id", "grader_id", "grade"))
         change: dict[str, Any] = {"type": f["type"]}
         for name in ("kr_id", "grader_id"):
@@ -178,13 +167,9 @@ class SessionPages(Controller):
                 change["grade"] = _number(f["grade"], "changes[0].grade")
             if f["type"] not in _CHANGE_TYPES:
                 raise PageError(400, f"type: choose one of {', '.join(_CHANGE_TYPES)}")
-            preview: WhatIfOut = await _call(
-                SessionsController.preview,
-                request,
-                user,
-                cycle,
-                session_id=session_id,
-                data=msgspec.convert({"changes": [change]}, WhatIfIn),
+            changes = msgspec.convert({"changes": [change]}, WhatIfIn)
+            preview = await preview_changes(
+                _store(request), user.org, cycle, session_id, changes, user.record
             )
         except _FORM_ERRORS as exc:
             return await _session_page(
@@ -197,9 +182,7 @@ class SessionPages(Controller):
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
     ) -> Template | Redirect:
         """Set a KR's final grade; the reason code and the comment are both required."""
-        user = await require(request, "calibration:run")
-        form = await request.form()
-        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        user, form = await _signed_form(request, "calibration:run")
         f = _form_dict(form, ("kr_id", "final_grade", "reason_code", "comment"))
         try:
             if not f["reason_code"]:
@@ -212,13 +195,9 @@ class SessionPages(Controller):
                 "reason_code": f["reason_code"],
                 "comment": f["comment"],
             }
-            await _call(
-                SessionsController.adjust,
-                request,
-                user,
-                cycle,
-                session_id=session_id,
-                data=msgspec.convert(body, AdjustmentIn),
+            adjustment = msgspec.convert(body, AdjustmentIn)
+            await set_adjustment(
+                _store(request), user.org, cycle, session_id, adjustment, user.record
             )
         except _FORM_ERRORS as exc:
             return await _session_page(
@@ -233,9 +212,7 @@ class SessionPages(Controller):
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
     ) -> Template | Redirect:
         """Lock the session: its owners' achievements become final."""
-        user = await require(request, "calibration:run")
-        form = await request.form()
-        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        user, form = await _signed_form(request, "calibration:run")
         comment = str(form.get("comment") or "").strip() or None
         if form.get("confirm") != "yes":
             return await _session_page(
@@ -246,13 +223,8 @@ class SessionPages(Controller):
                 lock_error="confirm: tick the box to confirm the lock; it freezes the final scores",
             )
         try:
-            await _call(
-                SessionsController.lock,
-                request,
-                user,
-                cycle,
-                session_id=session_id,
-                data=LockIn(comment=comment),
+            await lock_session(
+                _store(request), user.org, cycle, session_id, LockIn(comment=comment), user.record
             )
         except ProblemError as exc:
             return await _session_page(
@@ -265,27 +237,18 @@ class SessionPages(Controller):
         self, request: Request[Any, Any, Any], cycle: FromPath[str], session_id: FromPath[str]
     ) -> Template | Redirect:
         """Reopen a locked session (admin, with a reason): its owners are no longer final."""
-        user = await require(request, "admin")
-        form = await request.form()
-        check_csrf(request, user.csrf, form.get(CSRF_FIELD))
+        user, form = await _signed_form(request, "admin")
         reason = str(form.get("reason") or "").strip()
         try:
             if not reason:
                 raise PageError(400, "reason: say why the session is reopened (required)")
-            await _call(
-                SessionsController.reopen,
-                request,
-                user,
-                cycle,
-                session_id=session_id,
-                data=ReopenIn(reason=reason),
+            await reopen_session(
+                _store(request), user.org, cycle, session_id, ReopenIn(reason=reason), user.record
             )
-        except ProblemError as exc:
+        except (ProblemError, PageError) as exc:
             return await _session_page(
                 request, user, cycle, session_id, lock_error=problem_text(exc)
             )
-        except PageError as exc:
-            return await _session_page(request, user, cycle, session_id, lock_error=exc.message)
         return Redirect(_session_url(cycle, session_id) + "?done=reopened", status_code=303)
 
 
@@ -297,7 +260,7 @@ def _number(text: str, field: str) -> float:
 
 
 async def _every_owner(request: Request[Any, Any, Any], user: WebUser, cycle: str) -> list[str]:
-    store: Store = request.app.state.store
+    store = _store(request)
     res, why = await data.load_results(store, user.org, cycle, None)
     if res is None:
         raise PageError(404, why or "no results")
@@ -313,9 +276,7 @@ async def _sessions_page(
     error: str | None = None,
     form: Mapping[str, str] | None = None,
 ) -> Template:
-    rows: list[SessionOut] = await _call(
-        SessionsController.list_sessions, request, user, cycle, limit=100
-    )
+    rows = await cycle_sessions(_store(request), user.org, cycle, limit=100)
     return page(
         user,
         "sessions.html",
@@ -334,25 +295,11 @@ async def _session_page(
     session_id: str,
     **extra: Any,
 ) -> Template:
-    store: Store = request.app.state.store
-    s: SessionOut = await _call(
-        SessionsController.get_session, request, user, cycle, session_id=session_id
-    )
-    agenda: Agenda = await _call(
-        SessionsController.agenda,
-        request,
-        user,
-        cycle,
-        session_id=session_id,
-        max_gaps=20,
-        min_gap=0.1,
-    )
-    adjustments: list[AdjustmentOut] = await _call(
-        SessionsController.list_adjustments, request, user, cycle, session_id=session_id
-    )
-    scores: list[FinalScore] = await _call(
-        SessionsController.scores, request, user, cycle, session_id=session_id
-    )
+    store = _store(request)
+    s = await read_session(store, user.org, cycle, session_id)
+    agenda = await session_agenda(store, user.org, cycle, session_id, max_gaps=20, min_gap=0.1)
+    adjustments = await session_adjustments(store, user.org, cycle, session_id)
+    scores = await final_scores(store, user.org, cycle, session_id)
     audit: list[AuditEntry] = (
         await read_audit(store, user.org, cycle=cycle, session_id=session_id)
         if user.can("calibration:run", "hr:read")

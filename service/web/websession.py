@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 from litestar import Request
 
+from service import keys as K  # noqa: N812 - read as "keys"
 from service.auth import hash_key
 from service.settings import Settings
 from service.store import ApiKeyRecord, Store
@@ -106,8 +107,7 @@ _decode = msgspec.msgpack.Decoder(_Stored).decode
 
 def session_key(session_id: str) -> str:
     """Redis key of a web session, by the SHA-256 of its id (a dump reveals no live cookie)."""
-    # In the {auth} slot with the API key records: a session is found before its org is known.
-    return f"okrcal:{{auth}}:web:{hashlib.sha256(session_id.encode()).hexdigest()}"
+    return K.web_session(hashlib.sha256(session_id.encode()).hexdigest())
 
 
 def _redis(store: Store) -> Any:

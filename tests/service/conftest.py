@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -36,6 +38,37 @@ async def client(redis_url: str, settings: Settings) -> AsyncIterator[AsyncTestC
     app = create_app(settings, RedisStore(redis_url))
     async with AsyncTestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+async def worker_client(redis_url: str) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The app with one in-process calibration worker (fits in a thread: quick to start)."""
+    settings = Settings(run_workers=1, run_lease_seconds=5.0, fit_in_subprocess=False)
+    async with AsyncTestClient(create_app(settings, RedisStore(redis_url))) as c:
+        yield c
+
+
+async def calibrate_and_publish(
+    c: AsyncTestClient[Litestar],
+    org: str,
+    cycle: str,
+    headers: dict[str, str],
+    timeout: float = 60.0,
+) -> str:
+    """Start a run, wait for it, publish it; the run id."""
+    base = f"/v1/orgs/{org}/cycles/{cycle}/calibrations"
+    r = await c.post(base, json={"model": "additive"}, headers=headers)
+    assert r.status_code == 202, r.text
+    run_id: str = r.json()["run_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = (await c.get(f"{base}/{run_id}", headers=headers)).json()
+        if run["status"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.05)
+    assert run["status"] == "done", run
+    assert (await c.post(f"{base}/{run_id}/publish", headers=headers)).status_code == 200
+    return run_id
 
 
 async def make_key(

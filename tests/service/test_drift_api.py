@@ -3,29 +3,16 @@ the last, a self-grader, an owner at 1.0 every cycle; bad input and isolation.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from service.app import create_app
-from service.settings import Settings
 from service.store import RedisStore
 from tests.conftest import new_org
-from tests.service.conftest import make_key
-from tests.service.test_sessions_api import calibrate_and_publish
+from tests.service.conftest import calibrate_and_publish, make_key
 
 Client = AsyncTestClient[Litestar]
 CYCLES = ("2026Q1", "2026Q2", "2026Q3", "2026Q4")
-
-
-@pytest.fixture
-async def worker_client(redis_url: str) -> AsyncIterator[Client]:
-    """The app with one calibration worker (fits in a thread)."""
-    settings = Settings(run_workers=1, run_lease_seconds=5.0, fit_in_subprocess=False)
-    async with AsyncTestClient(create_app(settings, RedisStore(redis_url))) as c:
-        yield c
 
 
 def _rows(cycle_no: int, latest: bool) -> list[dict[str, object]]:

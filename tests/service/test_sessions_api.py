@@ -6,48 +6,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from service.app import create_app
-from service.settings import Settings
 from service.store import RedisStore
 from tests.conftest import new_org
-from tests.service.conftest import grades_rows, make_key
+from tests.service.conftest import calibrate_and_publish, grades_rows, make_key
 
 Client = AsyncTestClient[Litestar]
-
-
-@pytest.fixture
-async def worker_client(redis_url: str) -> AsyncIterator[Client]:
-    """The app with one in-process calibration worker (fits in a thread: quick to start)."""
-    settings = Settings(run_workers=1, run_lease_seconds=5.0, fit_in_subprocess=False)
-    async with AsyncTestClient(create_app(settings, RedisStore(redis_url))) as c:
-        yield c
-
-
-async def calibrate_and_publish(
-    c: Client, org: str, cycle: str, headers: dict[str, str], timeout: float = 60.0
-) -> str:
-    """Start a run, wait for it, publish it; the run id."""
-    base = f"/v1/orgs/{org}/cycles/{cycle}/calibrations"
-    r = await c.post(base, json={"model": "additive"}, headers=headers)
-    assert r.status_code == 202, r.text
-    run_id: str = r.json()["run_id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = (await c.get(f"{base}/{run_id}", headers=headers)).json()
-        if run["status"] in ("done", "failed"):
-            break
-        await asyncio.sleep(0.05)
-    assert run["status"] == "done", run
-    assert (await c.post(f"{base}/{run_id}/publish", headers=headers)).status_code == 200
-    return run_id
 
 
 async def seed_cycle(c: Client, store: RedisStore, org: str, cycle: str = "c1") -> dict[str, str]:
@@ -75,13 +45,41 @@ async def seed_cycle(c: Client, store: RedisStore, org: str, cycle: str = "c1") 
     return h
 
 
-async def test_full_session_from_create_to_lock_then_owners_final(
-    worker_client: Client, store: RedisStore, org: str
-) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    admin = await make_key(store, org, "admin")
-    cyc = f"/v1/orgs/{org}/cycles/c1"
+@dataclass
+class Seeded:
+    """The app, an organisation with cycle c1 seeded and published, and its writer's key."""
+
+    c: Client
+    store: RedisStore
+    org: str
+    h: dict[str, str]
+
+    @property
+    def cyc(self) -> str:
+        return f"/v1/orgs/{self.org}/cycles/c1"
+
+    async def new_session(self, **body: Any) -> str:
+        """The URL of a new session (default: facilitator f on owner o0)."""
+        r = await self.c.post(
+            f"{self.cyc}/sessions",
+            json={"facilitator": "f", "owner_ids": ["o0"], **body},
+            headers=self.h,
+        )
+        assert r.status_code == 201, r.text
+        return f"{self.cyc}/sessions/{r.json()['session_id']}"
+
+
+@pytest.fixture
+async def seeded(worker_client: Client, store: RedisStore, org: str) -> Seeded:
+    """Cycle c1 of a fresh organisation, seeded and published (see :func:`seed_cycle`)."""
+    return Seeded(
+        c=worker_client, store=store, org=org, h=await seed_cycle(worker_client, store, org)
+    )
+
+
+async def test_full_session_from_create_to_lock_then_owners_final(seeded: Seeded) -> None:
+    c, h, cyc, org = seeded.c, seeded.h, seeded.cyc, seeded.org
+    admin = await make_key(seeded.store, org, "admin")
 
     # create
     r = await c.post(
@@ -252,12 +250,8 @@ async def test_full_session_from_create_to_lock_then_owners_final(
     assert r.status_code == 400
 
 
-async def test_session_bad_input_names_the_problem(
-    worker_client: Client, store: RedisStore, org: str
-) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    cyc = f"/v1/orgs/{org}/cycles/c1"
+async def test_session_bad_input_names_the_problem(seeded: Seeded) -> None:
+    c, h, cyc, org = seeded.c, seeded.h, seeded.cyc, seeded.org
 
     async def create(body: dict[str, Any]) -> Any:
         return await c.post(f"{cyc}/sessions", json=body, headers=h)
@@ -324,26 +318,18 @@ async def test_session_bad_input_names_the_problem(
     assert (await c.post(f"{cyc}/sessions/nope/lock", headers=h)).status_code == 404
 
 
-async def test_small_groups_withhold_grader_statistics(
-    worker_client: Client, store: RedisStore, org: str
-) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    r = await c.post(
-        f"/v1/orgs/{org}/cycles/c1/sessions",
-        json={"facilitator": "f", "owner_ids": ["o0"], "min_graders": 10},
-        headers=h,
-    )
-    assert r.status_code == 201
-    assert r.json()["grader_stats_withheld"]
-    assert "fewer than 10" in r.json()["withheld_reason"]
-    sid = r.json()["session_id"]
-    agenda = (await c.get(f"/v1/orgs/{org}/cycles/c1/sessions/{sid}/agenda", headers=h)).json()
+async def test_small_groups_withhold_grader_statistics(seeded: Seeded) -> None:
+    c, h = seeded.c, seeded.h
+    base = await seeded.new_session(min_graders=10)
+    s = (await c.get(base, headers=h)).json()
+    assert s["grader_stats_withheld"]
+    assert "fewer than 10" in s["withheld_reason"]
+    agenda = (await c.get(f"{base}/agenda", headers=h)).json()
     assert agenda["grader_stats_withheld"]
     assert "withheld" in agenda["withheld_reason"]
     assert all(i["subject"] == "kr" for i in agenda["items"])
     r = await c.post(
-        f"/v1/orgs/{org}/cycles/c1/sessions/{sid}/what-if",
+        f"{base}/what-if",
         json={"changes": [{"type": "exclude_grader", "grader_id": "g0"}]},
         headers=h,
     )
@@ -351,14 +337,9 @@ async def test_small_groups_withhold_grader_statistics(
     assert r.json()["result"]["flags_cleared"] == []
 
 
-async def test_session_scopes_and_tenants(
-    worker_client: Client, store: RedisStore, org: str
-) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    cyc = f"/v1/orgs/{org}/cycles/c1"
-    r = await c.post(f"{cyc}/sessions", json={"facilitator": "f", "owner_ids": ["o0"]}, headers=h)
-    base = f"{cyc}/sessions/{r.json()['session_id']}"
+async def test_session_scopes_and_tenants(seeded: Seeded) -> None:
+    c, h, cyc, org, store = seeded.c, seeded.h, seeded.cyc, seeded.org, seeded.store
+    base = await seeded.new_session()
     reader = await make_key(store, org, "scores:read")
     hr = await make_key(store, org, "hr:read")
     writer = await make_key(store, org, "grades:write")
@@ -392,14 +373,9 @@ async def test_session_scopes_and_tenants(
     assert (await c.post(f"/v1/orgs/{org}/audit", json={}, headers=h)).status_code == 405
 
 
-async def test_what_if_follows_changed_grades(
-    worker_client: Client, store: RedisStore, org: str
-) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    cyc = f"/v1/orgs/{org}/cycles/c1"
-    r = await c.post(f"{cyc}/sessions", json={"facilitator": "f", "owner_ids": ["o0"]}, headers=h)
-    url = f"{cyc}/sessions/{r.json()['session_id']}/what-if"
+async def test_what_if_follows_changed_grades(seeded: Seeded) -> None:
+    c, h, cyc = seeded.c, seeded.h, seeded.cyc
+    url = f"{await seeded.new_session()}/what-if"
     body = {"changes": [{"type": "override_grade", "kr_id": "k0", "grader_id": "g1", "grade": 1.0}]}
     first = (await c.post(url, json=body, headers=h)).json()["result"]
     k0 = next(k for k in first["krs"] if k["kr_id"] == "k0")
@@ -412,13 +388,10 @@ async def test_what_if_follows_changed_grades(
 
 
 async def test_adjustments_racing_a_lock_are_in_the_final_scores_or_refused(
-    worker_client: Client, store: RedisStore, org: str
+    seeded: Seeded,
 ) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    cyc = f"/v1/orgs/{org}/cycles/c1"
-    r = await c.post(f"{cyc}/sessions", json={"facilitator": "f", "owner_ids": ["o0"]}, headers=h)
-    base = f"{cyc}/sessions/{r.json()['session_id']}"
+    c, h, cyc = seeded.c, seeded.h, seeded.cyc
+    base = await seeded.new_session()
     kr_ids = [f"k{k}" for k in range(0, 40, 5)]  # o0's KRs
 
     async def adjust(kr_id: str) -> int:
@@ -448,13 +421,9 @@ async def test_adjustments_racing_a_lock_are_in_the_final_scores_or_refused(
     assert audit[-1]["data"]["n_adjustments"] == len(accepted)
 
 
-async def test_an_owner_is_final_through_one_locked_session_at_a_time(
-    worker_client: Client, store: RedisStore, org: str
-) -> None:
-    c = worker_client
-    h = await seed_cycle(c, store, org)
-    admin = await make_key(store, org, "admin")
-    cyc = f"/v1/orgs/{org}/cycles/c1"
+async def test_an_owner_is_final_through_one_locked_session_at_a_time(seeded: Seeded) -> None:
+    c, h, cyc = seeded.c, seeded.h, seeded.cyc
+    admin = await make_key(seeded.store, seeded.org, "admin")
     body_a = {"facilitator": "a", "owner_ids": ["o0", "o1"]}
     body_b = {"facilitator": "b", "owner_ids": ["o1", "o2"]}
     a = (await c.post(f"{cyc}/sessions", json=body_a, headers=h)).json()

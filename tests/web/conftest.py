@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,10 @@ from service.auth import new_api_key
 from service.settings import Settings
 from service.store import RedisStore
 from tests.conftest import new_org
+
+# The HTTP tests' fixtures serve the page tests too: a store of the test's own, and the
+# app with one in-process calibration worker.
+from tests.service.conftest import store, worker_client  # noqa: F401 - fixtures
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -79,16 +83,6 @@ def chromium() -> Path:
         pytest.skip(why)
     shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots only
     return CHROMIUM
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    """A store of the test's own, for setting up and checking state next to the app."""
-    s = RedisStore(redis_url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @dataclass
@@ -153,12 +147,12 @@ def make_keys(redis_url: str, org: str, **scopes: list[str]) -> dict[str, str]:
         records.append(record)
 
     async def store_all() -> None:
-        store = RedisStore(redis_url)
+        keys_store = RedisStore(redis_url)
         try:
             for record in records:
-                await store.add_api_key(record)
+                await keys_store.add_api_key(record)
         finally:
-            await store.close()
+            await keys_store.close()
 
     asyncio.run(store_all())
     return out

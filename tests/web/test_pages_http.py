@@ -5,30 +5,23 @@ Run against the real Redis like the API tests, so they run where Chromium is abs
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from calibrate import GraderEffect, VarianceComponents
-from service.app import create_app
-from service.settings import Settings
 from service.store import RedisStore
 from service.web import plots
 from service.web.websession import COOKIE, session_key
 from tests.conftest import new_org
-from tests.service.conftest import make_key
+from tests.service.conftest import calibrate_and_publish, make_key
 
 
 @pytest.fixture
-async def web(redis_url: str) -> AsyncIterator[Any]:
+def web(worker_client: Any) -> Any:
     """The app with one in-process calibration worker (fits in a thread)."""
-    app = create_app(Settings(run_workers=1, fit_in_subprocess=False), RedisStore(redis_url))
-    async with AsyncTestClient(app) as client:
-        yield client
+    return worker_client
 
 
 async def _calibrated(client: Any, headers: dict[str, str], org: str, n_graders: int) -> str:
@@ -57,16 +50,7 @@ async def _calibrated(client: Any, headers: dict[str, str], org: str, n_graders:
     assert (
         await client.post(f"{base}/grades", json={"grades": grades}, headers=headers)
     ).status_code == 200
-    run = (await client.post(f"{base}/calibrations", json={}, headers=headers)).json()
-    for _ in range(300):
-        status = (await client.get(f"{base}/calibrations/{run['run_id']}", headers=headers)).json()
-        if status["status"] in ("done", "failed"):
-            break
-        await asyncio.sleep(0.05)
-    assert status["status"] == "done", status
-    published = await client.post(f"{base}/calibrations/{run['run_id']}/publish", headers=headers)
-    assert published.status_code == 200
-    return str(run["run_id"])
+    return await calibrate_and_publish(client, org, "c1", headers)
 
 
 async def _sign_in(client: Any, key: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import msgspec
 
 from service import keys as K  # noqa: N812 - read as "keys"
 from service.store import ApiKeyRecord, Store
+from service.streams import read_stream
 
 __all__ = [
     "AUDIT_COLUMNS",
@@ -97,7 +99,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entry(entry_id: bytes | str, raw: dict[bytes, bytes]) -> AuditEntry:
+def _entry(entry_id: bytes | str, raw: Mapping[bytes, bytes]) -> AuditEntry:
     f = {_s(k): _s(v) for k, v in raw.items()}
     return AuditEntry(
         id=_s(entry_id),
@@ -121,24 +123,14 @@ async def read_audit(
     limit: int = 10_000,
 ) -> list[AuditEntry]:
     """Entries oldest first, optionally of one cycle or session, after stream id ``after``."""
-    client = redis_of(store)
+
+    def keep(e: AuditEntry) -> bool:
+        return (cycle is None or e.cycle == cycle) and (
+            session_id is None or e.session_id == session_id
+        )
+
     key = K.OrgKeys(org).audit
-    out: list[AuditEntry] = []
-    start = "-" if after is None else f"({after}"
-    while len(out) < limit:
-        chunk = await client.xrange(key, min=start, max="+", count=1000)
-        if not chunk:
-            break
-        for entry_id, raw in chunk:
-            e = _entry(entry_id, raw)
-            if (cycle is None or e.cycle == cycle) and (
-                session_id is None or e.session_id == session_id
-            ):
-                out.append(e)
-                if len(out) >= limit:
-                    break
-        start = f"({_s(chunk[-1][0])}"
-    return out
+    return await read_stream(redis_of(store), key, _entry, keep, limit=limit, after=after)
 
 
 def audit_csv(entries: list[AuditEntry]) -> bytes:

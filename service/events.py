@@ -10,7 +10,8 @@ Life of an event::
     WebhookWorker (XREADGROUP, never on a request's path) ──> POST to the endpoint's URL
          2xx ──> delivery logged, job acknowledged
          else ──> delivery logged; retried after backoff·2^(attempt−1) (zset of due jobs),
-                  up to max_attempts; a job of a dead worker is reclaimed (XAUTOCLAIM)
+                  up to max_attempts (settings ``webhook_backoff_seconds`` and
+                  ``webhook_attempts``); a job of a dead worker is reclaimed (XAUTOCLAIM)
 
 Signing. Each delivery carries::
 
@@ -59,7 +60,9 @@ from service.audit import redis_of
 from service.auth import SCOPE_OPT, require_scope
 from service.problems import ProblemError
 from service.schemas import FieldProblem
+from service.settings import Settings
 from service.store import Store
+from service.streams import read_stream
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -312,13 +315,25 @@ class WebhookWorker:
     def __init__(
         self,
         store: Store,
+        settings: Settings | None = None,
         *,
-        max_attempts: int = 6,
-        backoff_seconds: float = 1.0,
+        max_attempts: int | None = None,
+        backoff_seconds: float | None = None,
         timeout_seconds: float = 10.0,
         reclaim_after_seconds: float = 60.0,
         name: str | None = None,
     ) -> None:
+        """Attempts and backoff come from ``settings`` (``OKRCAL_WEBHOOK_ATTEMPTS``,
+        ``OKRCAL_WEBHOOK_BACKOFF``) unless given here.
+
+        Without ``settings`` they are read from the environment: they have no command-line
+        flags, so that gives the values the service's own settings hold.
+        """
+        if max_attempts is None or backoff_seconds is None:
+            settings = settings or Settings.from_env()
+            max_attempts = settings.webhook_attempts if max_attempts is None else max_attempts
+            if backoff_seconds is None:
+                backoff_seconds = settings.webhook_backoff_seconds
         if max_attempts < 1 or backoff_seconds <= 0 or timeout_seconds <= 0:
             raise ValueError("max_attempts >= 1, backoff_seconds > 0 and timeout_seconds > 0")
         self.store = store
@@ -596,24 +611,17 @@ class WebhooksController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[Delivery]:
         """The delivery log, newest first: every attempt with its status, error and next try."""
-        client = redis_of(store)
+
+        def keep(d: Delivery) -> bool:
+            return (endpoint_id is None or d.endpoint_id == endpoint_id) and (
+                event_id is None or d.event_id == event_id
+            )
+
         key = K.OrgKeys(org).deliveries
-        out: list[Delivery] = []
-        end = "+"
-        while len(out) < limit:
-            chunk = await client.xrevrange(key, max=end, min="-", count=500)
-            if not chunk:
-                break
-            for entry_id, raw in chunk:
-                d = _delivery(entry_id, raw)
-                if (endpoint_id is None or d.endpoint_id == endpoint_id) and (
-                    event_id is None or d.event_id == event_id
-                ):
-                    out.append(d)
-                    if len(out) >= limit:
-                        break
-            end = f"({_s(chunk[-1][0])}"
-        return out
+        client = redis_of(store)
+        return await read_stream(
+            client, key, _delivery, keep, limit=limit, newest_first=True, chunk=500
+        )
 
 
 class EventsController(Controller):

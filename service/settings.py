@@ -17,12 +17,16 @@ variable                  meaning                                     default
 ``OKRCAL_RUN_LEASE``      seconds a worker holds a run between beats  ``30``
 ``OKRCAL_RUN_ATTEMPTS``   attempts before a run is marked failed      ``3``
 ``OKRCAL_FIT_PROCESS``    fit in a child process (1) or a thread (0)  ``1``
+``OKRCAL_RUN_SWEEP``      seconds between sweeps for lost runs        ``60``
+``OKRCAL_WEBHOOK_ATTEMPTS``  webhook delivery attempts (1-100)        ``6``
+``OKRCAL_WEBHOOK_BACKOFF``   seconds before the first retry, doubling ``1``
 ``OKRCAL_REDIS_FSYNC``    embedded Redis fsync: always, everysec      ``always``
 ========================  ==========================================  ==================
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,6 +62,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_ttl_seconds: int = 24 * 3600
     #: Largest number of rows in one bulk upsert.
     max_bulk_rows: int = 10_000
+    #: Seconds between a worker's sweeps for runs whose queue entry was lost.
+    run_sweep_seconds: float = 60.0
+    #: Attempts at delivering one webhook event before it is logged as given up.
+    webhook_attempts: int = 6
+    #: Seconds before the first webhook retry; each further retry waits twice as long.
+    webhook_backoff_seconds: float = 1.0
     #: Fit in a child process (isolated, off the GIL) rather than a thread of the service.
     fit_in_subprocess: bool = True
     #: fsync policy of the embedded Redis: ``always`` (acknowledged = on disk) or ``everysec``.
@@ -78,6 +88,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for name, ok in checks:
             if not ok:
                 raise SettingsError(f"setting {name}={getattr(self, name)!r} is out of range")
+        for name, var, low, high in _BOUNDS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise SettingsError(
+                    f"{var} (setting {name}) must be between {low:g} and {high:g}, got {value!r}"
+                )
 
     @property
     def data_path(self) -> Path:
@@ -122,6 +138,13 @@ def _flag(value: str) -> bool:
 
 _flag.__name__ = "flag (1/0)"
 
+#: Settings checked against a range, named with their variable in the error.
+_BOUNDS: tuple[tuple[str, str, float, float], ...] = (
+    ("run_sweep_seconds", "OKRCAL_RUN_SWEEP", 0.01, 86400.0),
+    ("webhook_attempts", "OKRCAL_WEBHOOK_ATTEMPTS", 1, 100),
+    ("webhook_backoff_seconds", "OKRCAL_WEBHOOK_BACKOFF", 0.001, 3600.0),
+)
+
 _ENV_VARS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("data_dir", "OKRCAL_DATA_DIR", str),
     ("host", "OKRCAL_HOST", str),
@@ -133,5 +156,8 @@ _ENV_VARS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("run_lease_seconds", "OKRCAL_RUN_LEASE", float),
     ("run_max_attempts", "OKRCAL_RUN_ATTEMPTS", int),
     ("fit_in_subprocess", "OKRCAL_FIT_PROCESS", _flag),
+    ("run_sweep_seconds", "OKRCAL_RUN_SWEEP", float),
+    ("webhook_attempts", "OKRCAL_WEBHOOK_ATTEMPTS", int),
+    ("webhook_backoff_seconds", "OKRCAL_WEBHOOK_BACKOFF", float),
     ("redis_fsync", "OKRCAL_REDIS_FSYNC", str),
 )

@@ -13,6 +13,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from service import keys as K  # noqa: N812 - read as "keys"
 from service.app import create_app
 from service.events import (
     DELIVERY_HEADER,
@@ -20,6 +21,8 @@ from service.events import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookWorker,
+    _encode,
+    _Endpoint,
     emit,
     verify_signature,
 )
@@ -75,6 +78,19 @@ class Receiver:
         while len(self.requests) < n:
             assert time.monotonic() < deadline, f"{len(self.requests)} of {n} requests arrived"
             await asyncio.sleep(0.05)
+
+
+async def register_endpoint(store: RedisStore, org: str, url: str) -> None:
+    """Endpoint ``ep1`` for ``scores.final`` to ``url`` (secret ``s``), straight in the store."""
+    ep = _Endpoint(
+        endpoint_id="ep1",
+        url=url,
+        events=["scores.final"],
+        description=None,
+        secret="s",
+        created_us=0,
+    )
+    await store.redis.hset(K.OrgKeys(org).webhooks, "ep1", _encode(ep))
 
 
 @pytest.fixture
@@ -161,21 +177,9 @@ async def test_webhook_is_signed_and_retried_with_backoff(
 
 
 async def test_delivery_gives_up_after_the_last_attempt(store: RedisStore, org: str) -> None:
-    from service import keys as K  # noqa: N812
-
     async with Receiver([500] * 10) as rx:
         # an endpoint registered straight in the store, and a worker of our own that retries fast
-        from service.events import _encode, _Endpoint
-
-        ep = _Endpoint(
-            endpoint_id="ep1",
-            url=rx.url,
-            events=["scores.final"],
-            description=None,
-            secret="s",
-            created_us=0,
-        )
-        await store.redis.hset(K.OrgKeys(org).webhooks, "ep1", _encode(ep))
+        await register_endpoint(store, org, rx.url)
         worker = WebhookWorker(store, max_attempts=2, backoff_seconds=0.05, reclaim_after_seconds=1)
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:

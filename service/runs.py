@@ -9,6 +9,15 @@ Life of a run::
         XACK
     a worker dies ──> its entry idles past the lease ──> another worker's XAUTOCLAIM takes
         it, the claim script retries it, or marks it failed once the attempts are used up
+    the entry is lost ──> every ``run_sweep_seconds`` one worker sweeps: a run queued or
+        (no lease)          running with no live lease and no stream entry that will reach
+                            a worker is re-queued, or failed with the reason once its
+                            attempts or re-queues are used up (:func:`sweep_lost_runs`)
+
+An entry is lost when the process that queued the run stopped between writing the run
+and adding its entry, when the entry was trimmed, deleted or acknowledged without the run
+finishing, or when Redis came back without its latest writes. XAUTOCLAIM cannot see those:
+it only moves entries that are still pending.
 
 Workers run inside the service process (``run_workers`` of them) or as separate
 ``okrcal worker`` processes; they are the same :class:`RunWorker`.
@@ -22,6 +31,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import re
 import secrets
 import socket
 import threading
@@ -29,7 +39,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import msgspec
@@ -49,6 +59,8 @@ from anchors import (
     parse_scale,
 )
 from calibrate import CalibrateError, CalibrationFit, GradeTable, model_from_name
+from service import keys as K  # noqa: N812 - read as "keys"
+from service.audit import redis_of
 from service.events import emit_run_completed
 from service.schemas import GradeValue, KRIn
 from service.settings import Settings
@@ -57,12 +69,14 @@ from service.store import ResultPart, Store
 __all__ = [
     "PackedGrades",
     "RunWorker",
+    "SweepReport",
     "build_table",
     "compute_run",
     "encode_results",
     "fit_cycle",
     "load_org_catalogue",
     "new_run_id",
+    "sweep_lost_runs",
     "to_key_result",
 ]
 
@@ -263,6 +277,166 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="okrcal-parent-watch", daemon=True).start()
 
 
+# --- runs whose queue entry was lost ----------------------------------------------------------
+
+# Acting on a lost run checks it again and changes it in one step, so of two workers
+# that notice the same run only one re-queues or fails it. A run touched (created or
+# re-queued) after ``cutoff`` is left alone: its entry may have been added after the
+# sweep read the stream, and the worker that re-queued it adds the entry itself.
+# KEYS: run; ARGV: now, cutoff, max attempts (which also bounds re-queues)
+_SWEEP_RUN = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'created_at', 'requeued_at', 'lease_until',
+  'attempts', 'requeues')
+if st[1] ~= 'queued' and st[1] ~= 'running' then return 0 end
+local now, most = tonumber(ARGV[1]), tonumber(ARGV[3])
+if math.max(tonumber(st[2] or '0'), tonumber(st[3] or '0')) >= tonumber(ARGV[2]) then
+  return 0
+end
+if st[1] == 'running' and tonumber(st[4] or '0') > now then return 0 end
+local attempts, requeues = tonumber(st[5] or '0'), tonumber(st[6] or '0')
+local reason = nil
+if attempts >= most then
+  reason = 'gave up after ' .. attempts .. ' attempt(s): the worker stopped before ' ..
+    'finishing and the run was no longer queued'
+elseif requeues >= most then
+  reason = 'lost from the run queue ' .. requeues .. ' time(s) before a worker took it ' ..
+    '(Redis lost recent writes, or the service stopped while queuing it); start it again'
+end
+if reason then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'worker', '',
+    'error', reason)
+  return 2
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'requeues', requeues + 1,
+  'requeued_at', ARGV[1])
+return 1
+"""
+_sweep_scripts: dict[str, Any] = {}
+#: Every organisation's run index: ``okrcal:{*}:runs:*`` (a key is checked again when parsed).
+_ALL_RUN_INDEXES = K.OrgKeys("0").runs("*").replace("{0}", "{*}")
+_RUN_INDEX = re.compile(r"^okrcal:\{(?P<org>[^{}]+)\}:runs:(?P<cycle>[^:]+)$")
+#: Held by the worker that sweeps, for one interval: one sweep per interval, whoever runs it.
+_SWEEP_LOCK = f"{K.RUN_STREAM}:sweep"  # in the {queue} slot, beside the stream it reads
+_PENDING_MAX = 100_000
+
+
+class SweepReport(NamedTuple):
+    """What one sweep did: ``org/cycle/run_id`` of the runs it re-queued and failed."""
+
+    requeued: list[str]
+    failed: list[str]
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _queued_runs(client: Any) -> set[tuple[str, str, str]] | None:
+    """Runs that have a stream entry a worker will still get: pending, or not yet delivered.
+
+    Read in one MULTI so the three replies describe one moment (an entry moving from
+    undelivered to pending between two reads would look lost). None when the pending
+    list is too long to read whole (then nothing is swept).
+    """
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.xinfo_groups(K.RUN_STREAM)
+        pipe.xpending_range(K.RUN_STREAM, K.RUN_GROUP, "-", "+", _PENDING_MAX)
+        pipe.xrange(K.RUN_STREAM, "-", "+")
+        groups, pending, entries = await pipe.execute()
+    if len(pending) >= _PENDING_MAX:
+        return None
+    last = (0, 0)
+    for group in groups:
+        name = group.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == K.RUN_GROUP:
+            last = _stream_id(group["last-delivered-id"])
+    pending_ids = {_stream_id(p["message_id"]) for p in pending}
+    out: set[tuple[str, str, str]] = set()
+    for entry_id, fields in entries:
+        sid = _stream_id(entry_id)
+        if sid > last or sid in pending_ids:
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            out.add((f.get("org", ""), f.get("cycle", ""), f.get("run_id", "")))
+    return out
+
+
+async def sweep_lost_runs(
+    store: Store, *, now: float, grace: float, max_attempts: int, org: str | None = None
+) -> SweepReport:
+    """Re-queue or fail the runs that no worker will ever take (one organisation's, or all).
+
+    A run is lost when it is ``queued`` or ``running``, holds no live lease (a queued run
+    holds none), was created or last re-queued more than ``grace`` seconds before
+    ``now``, and has no stream entry that is pending or not yet delivered. A lost run is
+    re-queued (its attempts are kept, so the claim still gives up after ``max_attempts``),
+    or marked failed with the reason when its attempts, or its re-queues, reach
+    ``max_attempts``; a ``calibration.completed`` event then says so. Healthy runs, and
+    runs whose worker died with its entry still pending (XAUTOCLAIM's job), are not touched.
+    """
+    client = redis_of(store)
+    await store.ensure_queue()
+    queued = await _queued_runs(client)
+    report = SweepReport([], [])
+    if queued is None:
+        _log.warning("run sweep skipped: over %d pending run entries", _PENDING_MAX)
+        return report
+    script = _sweep_scripts.get("run")
+    if script is None:  # sent by SHA on ``client=`` below, reloaded after a Redis restart
+        script = _sweep_scripts["run"] = client.register_script(_SWEEP_RUN)
+    pattern = K.OrgKeys(org).runs("*") if org is not None else _ALL_RUN_INDEXES
+    cutoff = now - grace
+    async for raw_key in client.scan_iter(match=pattern, count=1000, _type="zset"):
+        found = _RUN_INDEX.match(raw_key.decode())
+        if (
+            found is None
+            or not K.ORG_PATTERN.match(found["org"])
+            or K.OrgKeys(found["org"]).runs(found["cycle"]) != raw_key.decode()
+        ):
+            continue
+        run_org, cycle = found["org"], found["cycle"]
+        okeys = K.OrgKeys(run_org)
+        run_ids = [r.decode() for r in await client.zrange(raw_key, 0, -1)]
+        for first in range(0, len(run_ids), 1000):
+            chunk = run_ids[first : first + 1000]
+            async with client.pipeline(transaction=False) as pipe:
+                for run_id in chunk:
+                    pipe.hmget(
+                        okeys.run(cycle, run_id),
+                        "status",
+                        "created_at",
+                        "requeued_at",
+                        "lease_until",
+                    )
+                rows = await pipe.execute()
+            for run_id, (status, created, requeued, lease) in zip(chunk, rows, strict=True):
+                if status not in (b"queued", b"running") or (run_org, cycle, run_id) in queued:
+                    continue
+                if max(float(created or 0), float(requeued or 0)) >= cutoff:
+                    continue
+                if status == b"running" and float(lease or 0) > now:
+                    continue
+                outcome = int(
+                    await script(
+                        keys=[okeys.run(cycle, run_id)],
+                        args=[f"{now:.6f}", f"{cutoff:.6f}", max_attempts],
+                        client=client,
+                    )
+                )
+                ref = f"{run_org}/{cycle}/{run_id}"
+                if outcome == 1:
+                    await store.enqueue_run(run_org, cycle, run_id)
+                    report.requeued.append(ref)
+                    _log.warning("run %s had lost its queue entry; queued again", ref)
+                elif outcome == 2:
+                    report.failed.append(ref)
+                    fields = await store.get_run(run_org, cycle, run_id) or {}
+                    _log.warning("run %s lost its queue entry: %s", ref, fields.get("error"))
+                    await emit_run_completed(store, run_org, cycle, run_id, fields)
+    return report
+
+
 class RunWorker:
     """One consumer of the run stream. ``await worker.run(stop)`` until ``stop`` is set."""
 
@@ -273,6 +447,7 @@ class RunWorker:
         self.lease = settings.run_lease_seconds
         self.processed = 0
         self._executor: ProcessPoolExecutor | None = None
+        self._next_sweep = 0.0  # monotonic; the first sweep comes when the worker starts
 
     async def run(self, stop: anyio.Event) -> None:
         """Take runs until ``stop``; survive Redis outages by waiting and trying again."""
@@ -290,6 +465,9 @@ class RunWorker:
                 if not ready:
                     await self.store.ensure_queue()
                     ready = True
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self.settings.run_sweep_seconds
+                    await self.sweep()
                 # Entries idle past a lease belong to a dead worker: take them first.
                 jobs = await self.store.reclaim_queue(self.name, int(self.lease * 1000))
                 if not jobs:
@@ -301,6 +479,28 @@ class RunWorker:
                 ready = False
                 with anyio.move_on_after(1.0):
                     await stop.wait()
+
+    async def sweep(self) -> SweepReport | None:
+        """Sweep for lost runs unless another worker has swept within ``run_sweep_seconds``.
+
+        A run counts as lost only once it is older than the lease (and at least 10 s):
+        room for the moment between writing a run and queuing it, and for clock skew.
+        """
+        interval_ms = max(1, int(self.settings.run_sweep_seconds * 1000))
+        if not await redis_of(self.store).set(_SWEEP_LOCK, self.name, nx=True, px=interval_ms):
+            return None
+        try:
+            return await sweep_lost_runs(
+                self.store,
+                now=time.time(),
+                grace=max(self.lease, 10.0),
+                max_attempts=self.settings.run_max_attempts,
+            )
+        except (RedisConnectionError, RedisTimeoutError):
+            raise  # the loop waits for Redis to come back
+        except Exception:  # a sweep that fails (a malformed run, a vanished group) waits
+            _log.exception("worker %s: run sweep failed; trying again next time", self.name)
+            return None
 
     async def process(self, message_id: str, job: Mapping[str, str]) -> None:
         """Claim, fit and record one run; acknowledge it unless another worker holds it."""

@@ -522,7 +522,14 @@ def _inverse_and_logdet(arr: FloatArray) -> tuple[FloatArray, float] | None:
     return inv, total
 
 
-def _deviance_and_gradient(d: CrossedData, x: FloatArray) -> tuple[float, FloatArray]:
+#: The solution at the last point :func:`_deviance_and_gradient` visited, keyed by the
+#: point's bytes: the optimiser usually ends there, and :func:`_finish` then reuses it.
+_Solved = tuple[bytes, "_State", FloatArray]
+
+
+def _deviance_and_gradient(
+    d: CrossedData, x: FloatArray, last: list[_Solved] | None = None
+) -> tuple[float, FloatArray]:
     """Profiled REML deviance and its exact gradient in the log variance ratios.
 
     With ``q = y'P0y`` and the traces of the inverse mixed-model matrix::
@@ -532,13 +539,16 @@ def _deviance_and_gradient(d: CrossedData, x: FloatArray) -> tuple[float, FloatA
         dD/dl_d = n_ev - tr(C^-1 We'We)/t_d - nu |e_ev|^2 / (t_d q)
 
     Every trace comes from the block inverses: the KR part through the absorbed
-    form, ``Var(a_i) = 1/c_i + Q_i/c_i^2 + E_i' T^-1 E_i``.
+    form, ``Var(a_i) = 1/c_i + Q_i/c_i^2 + E_i' T^-1 E_i``. With ``last``, the solution
+    at ``x`` replaces its content.
     """
     ta, tb = math.exp(x[0]), math.exp(x[1])
     td = math.exp(x[2]) if d.n_ev else 1.0
     st = _evaluate_inv(d, 1.0 / ta, 1.0 / tb, td, keep=True)
     assert isinstance(st, _State)
     s_inv = _block_inverse(d, st)
+    if last is not None:
+        last[:] = [(x.tobytes(), st, s_inv)]
     c = st.c
     Tinv = _f64(np.linalg.inv(st.T)) if d.p else np.zeros((0, 0))
     tr_bb = float(s_inv[d.blocks.diag_flat].sum())
@@ -889,13 +899,14 @@ def fit_crossed(
         x0 = _start()
 
     nu = d.n_obs + d.n_ev - d.p
+    last: list[_Solved] = []
 
     def f(x: FloatArray) -> tuple[float, FloatArray]:
         # per-observation deviance keeps gradients O(1) whatever the size of the data;
         # a failed evaluation is a large finite value so line searches back off
         full = np.concatenate([x, [0.0] * (3 - n_par)])
         try:
-            dev, grad = _deviance_and_gradient(d, full)
+            dev, grad = _deviance_and_gradient(d, full, last)
         except np.linalg.LinAlgError:
             return 1e10, np.zeros(n_par)
         return dev / nu, grad[:n_par] / nu
@@ -932,21 +943,34 @@ def fit_crossed(
         x = np.clip(res2.x, -_LOG_BOUND, _LOG_BOUND)
     iterations = int(res.nit) + (int(res2.nit) if res2 is not None else 0)
     converged = bool(res.success) or (res2 is not None and bool(res2.success))
-    return _finish(d, x, converged=converged, iterations=iterations)
+    return _finish(d, x, converged=converged, iterations=iterations, last=last)
 
 
-def _finish(d: CrossedData, x: FloatArray, *, converged: bool, iterations: int) -> CrossedFit:
-    """Solve at the log variance ratios ``x`` and collect estimates and error variances."""
+def _finish(
+    d: CrossedData,
+    x: FloatArray,
+    *,
+    converged: bool,
+    iterations: int,
+    last: list[_Solved] | None = None,
+) -> CrossedFit:
+    """Solve at the log variance ratios ``x`` and collect estimates and error variances.
+
+    ``last`` may hold the solution at ``x`` already (the optimiser's final point).
+    """
     n_par = 3 if d.n_ev else 2
     full = np.concatenate([x, [0.0] * (3 - n_par)])
-    st = _evaluate(d, full, keep=True)
-    assert isinstance(st, _State)
+    if last and last[0][0] == full.tobytes():
+        _, st, s_inv = last[0]
+    else:
+        solved = _evaluate(d, full, keep=True)
+        assert isinstance(solved, _State)
+        st, s_inv = solved, _block_inverse(d, solved)
     nu = d.n_obs + d.n_ev - d.p
     s2 = st.q / nu
     ta, tb = math.exp(full[0]), math.exp(full[1])
     td = math.exp(full[2]) if d.n_ev else None
     Tinv = _f64(np.linalg.inv(st.T))
-    s_inv = _block_inverse(d, st)
     diag = s_inv[d.blocks.diag_flat]
     b_pev = (diag + np.einsum("ji,ik,jk->j", st.H, Tinv, st.H)) * s2
     # KR BLUPs from the absorbed equations

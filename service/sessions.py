@@ -31,12 +31,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from anchors import parse_scale
@@ -1134,12 +1134,35 @@ def audit_csv_response(entries: list[AuditEntry], name: str) -> Response[bytes]:
 # --- routes ---------------------------------------------------------------------------------
 
 
+class SessionAt(NamedTuple):
+    """Where one session is: the leading arguments of every operation on it."""
+
+    store: Store
+    org: str
+    cycle: str
+    session_id: str
+
+
+async def _session_at(
+    store: NamedDependency[Store],
+    org: FromPath[str],
+    cycle: FromPath[str],
+    session_id: FromPath[str],
+) -> SessionAt:
+    return SessionAt(store, org, cycle, session_id)
+
+
+_READ = ("calibration:run", "scores:read")
+
+
 class SessionsController(Controller):
     """Calibration sessions of a cycle."""
 
     path = "/v1/orgs/{org:str}/cycles/{cycle:str}/sessions"
     guards = (require_scope,)
     tags = ("sessions",)
+    # the path parameters of a session's routes, read once for every handler
+    dependencies = {"at": Provide(_session_at)}  # noqa: RUF012 - a litestar Controller attribute
 
     @post("/", opt={SCOPE_OPT: "calibration:run"}, status_code=201)
     async def create(
@@ -1153,7 +1176,7 @@ class SessionsController(Controller):
         """Create a session on a scope of owners (or an org unit), pinned to a finished run."""
         return await open_session(store, org, cycle, data, _actor(request))
 
-    @get("/", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
+    @get("/", opt={SCOPE_OPT: _READ})
     async def list_sessions(
         self,
         store: NamedDependency[Store],
@@ -1164,138 +1187,96 @@ class SessionsController(Controller):
         """The cycle's sessions, newest first."""
         return await cycle_sessions(store, org, cycle, limit)
 
-    @get("/{session_id:str}", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
-    async def get_session(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
-    ) -> SessionOut:
+    @get("/{session_id:str}", opt={SCOPE_OPT: _READ})
+    async def get_session(self, at: NamedDependency[SessionAt]) -> SessionOut:
         """One session."""
-        return await read_session(store, org, cycle, session_id)
+        return await read_session(*at)
 
-    @get("/{session_id:str}/agenda", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
+    @get("/{session_id:str}/agenda", opt={SCOPE_OPT: _READ})
     async def agenda(
         self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
+        at: NamedDependency[SessionAt],
         max_gaps: Annotated[int, QueryParameter(ge=0, le=1000)] = 20,
         min_gap: Annotated[float, QueryParameter(ge=0.0, le=1.0)] = 0.1,
     ) -> Agenda:
         """What deserves the room's time, in order, each item with its reasons."""
-        return await session_agenda(
-            store, org, cycle, session_id, max_gaps=max_gaps, min_gap=min_gap
-        )
+        return await session_agenda(*at, max_gaps=max_gaps, min_gap=min_gap)
 
     @post("/{session_id:str}/what-if", opt={SCOPE_OPT: "calibration:run"}, status_code=200)
     async def preview(
         self,
         request: Request[Any, Any, Any],
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
+        at: NamedDependency[SessionAt],
         data: JSONBody[WhatIfIn],
     ) -> WhatIfOut:
         """Recalculate the scope with proposed changes; nothing is saved (previews are audited)."""
-        return await preview_changes(store, org, cycle, session_id, data, _actor(request))
+        return await preview_changes(*at, data, _actor(request))
 
     @post("/{session_id:str}/adjustments", opt={SCOPE_OPT: "calibration:run"}, status_code=201)
     async def adjust(
         self,
         request: Request[Any, Any, Any],
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
+        at: NamedDependency[SessionAt],
         data: JSONBody[AdjustmentIn],
     ) -> AdjustmentOut:
         """Set a KR's final grade with a reason code and comment; 409 once the session is locked."""
-        return await set_adjustment(store, org, cycle, session_id, data, _actor(request))
+        return await set_adjustment(*at, data, _actor(request))
 
-    @get("/{session_id:str}/adjustments", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
-    async def list_adjustments(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
-    ) -> list[AdjustmentOut]:
+    @get("/{session_id:str}/adjustments", opt={SCOPE_OPT: _READ})
+    async def list_adjustments(self, at: NamedDependency[SessionAt]) -> list[AdjustmentOut]:
         """Every adjustment made in the session, oldest first (old and new values kept)."""
-        return await session_adjustments(store, org, cycle, session_id)
+        return await session_adjustments(*at)
 
-    @get("/{session_id:str}/scores", opt={SCOPE_OPT: ("calibration:run", "scores:read")})
-    async def scores(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
-    ) -> list[FinalScore]:
+    @get("/{session_id:str}/scores", opt={SCOPE_OPT: _READ})
+    async def scores(self, at: NamedDependency[SessionAt]) -> list[FinalScore]:
         """The scope's KRs: calibrated grade and final grade (adjusted where the room did)."""
-        return await final_scores(store, org, cycle, session_id)
+        return await final_scores(*at)
 
     @post("/{session_id:str}/lock", opt={SCOPE_OPT: "calibration:run"}, status_code=200)
     async def lock(
         self,
         request: Request[Any, Any, Any],
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
+        at: NamedDependency[SessionAt],
         data: JSONBody[LockIn | None] = None,
     ) -> SessionOut:
         """Freeze the final scores: the scope's owners become ``final`` on the owner endpoints."""
-        return await lock_session(store, org, cycle, session_id, data, _actor(request))
+        return await lock_session(*at, data, _actor(request))
 
     @post("/{session_id:str}/reopen", opt={SCOPE_OPT: "admin"}, status_code=200)
     async def reopen(
         self,
         request: Request[Any, Any, Any],
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
+        at: NamedDependency[SessionAt],
         data: JSONBody[ReopenIn],
     ) -> SessionOut:
         """Reopen a locked session (admin, with a reason); its owners are no longer final."""
-        return await reopen_session(store, org, cycle, session_id, data, _actor(request))
+        return await reopen_session(*at, data, _actor(request))
 
     @get("/{session_id:str}/audit", opt={SCOPE_OPT: ("calibration:run", "hr:read")})
-    async def session_audit(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
-    ) -> list[AuditEntry]:
+    async def session_audit(self, at: NamedDependency[SessionAt]) -> list[AuditEntry]:
         """The session's audit entries, oldest first."""
-        return await session_audit_entries(store, org, cycle, session_id)
+        return await session_audit_entries(*at)
 
     @get(
         "/{session_id:str}/audit.csv",
         opt={SCOPE_OPT: ("calibration:run", "hr:read")},
         media_type="text/csv",
     )
-    async def session_audit_csv(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: FromPath[str],
-        session_id: FromPath[str],
-    ) -> Response[bytes]:
+    async def session_audit_csv(self, at: NamedDependency[SessionAt]) -> Response[bytes]:
         """The session's audit entries as CSV (``data`` as JSON in its column)."""
-        entries = await session_audit_entries(store, org, cycle, session_id)
-        return audit_csv_response(entries, f"audit-{cycle}-{session_id}")
+        entries = await session_audit_entries(*at)
+        return audit_csv_response(entries, f"audit-{at.cycle}-{at.session_id}")
 
 
-AuditAfter = Annotated[str | None, QueryParameter(description="entries after this id")]
-AuditLimit = Annotated[int, QueryParameter(ge=1, le=100_000)]
-OneCycle = Annotated[str | None, QueryParameter(description="one cycle")]
-OneSession = Annotated[str | None, QueryParameter(description="one session")]
+async def _audit_entries(
+    store: NamedDependency[Store],
+    org: FromPath[str],
+    cycle: Annotated[str | None, QueryParameter(description="one cycle")] = None,
+    session_id: Annotated[str | None, QueryParameter(description="one session")] = None,
+    after: Annotated[str | None, QueryParameter(description="entries after this id")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=100_000)] = 10_000,
+) -> list[AuditEntry]:
+    return await export_audit(store, org, cycle, session_id, after, limit)
 
 
 class AuditController(Controller):
@@ -1305,30 +1286,17 @@ class AuditController(Controller):
     guards = (require_scope,)
     opt = {SCOPE_OPT: ("calibration:run", "hr:read")}  # noqa: RUF012 - merged into each route
     tags = ("sessions",)
+    # both routes take the same filters: one provider reads them and the entries
+    dependencies = {"entries": Provide(_audit_entries)}  # noqa: RUF012 - a litestar Controller attribute
 
     @get("/audit")
-    async def export(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: OneCycle = None,
-        session_id: OneSession = None,
-        after: AuditAfter = None,
-        limit: AuditLimit = 10_000,
-    ) -> list[AuditEntry]:
+    async def export(self, entries: NamedDependency[list[AuditEntry]]) -> list[AuditEntry]:
         """Audit entries oldest first, optionally of one cycle or session."""
-        return await export_audit(store, org, cycle, session_id, after, limit)
+        return entries
 
     @get("/audit.csv", media_type="text/csv")
     async def export_csv(
-        self,
-        store: NamedDependency[Store],
-        org: FromPath[str],
-        cycle: OneCycle = None,
-        session_id: OneSession = None,
-        after: AuditAfter = None,
-        limit: AuditLimit = 10_000,
+        self, org: FromPath[str], entries: NamedDependency[list[AuditEntry]]
     ) -> Response[bytes]:
         """The same entries as CSV (``data`` as JSON in its column)."""
-        entries = await export_audit(store, org, cycle, session_id, after, limit)
         return audit_csv_response(entries, f"audit-{org}")

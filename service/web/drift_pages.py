@@ -7,6 +7,7 @@ never disagree; the figure draws every grader's history read from the published 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import quote
 
@@ -33,7 +34,14 @@ from service.drift_api import (
 from service.problems import ProblemError
 from service.store import Store
 from service.web import plots
-from service.web.pages import PAGE_PREFIX, download_operation, inline_svg, page, require
+from service.web.pages import (
+    PAGE_PREFIX,
+    download_operation,
+    inline_svg,
+    page,
+    plot_download,
+    require,
+)
 from service.web.websession import PageError
 
 __all__ = ["CONFIDENCE", "FDR", "MIN_CHANGE", "MIN_CYCLES", "DriftPages"]
@@ -141,12 +149,5 @@ class DriftPages(Controller):
         else:
             _, histories, ranked, _ = await _drift(request.app.state.store, user.org)
             drifting = [t.grader_id for t in ranked.drifting] if ranked else []
-        body = await anyio.to_thread.run_sync(_render, histories, drifting, fmt)
-        return Response(
-            body,
-            media_type="image/png" if fmt == "png" else "image/svg+xml",
-            headers={
-                "Content-Disposition": f'attachment; filename="drift-{user.org}.{fmt}"',
-                "Cache-Control": "no-store",
-            },
-        )
+        draw = functools.partial(plots.drift_figure, histories, drifting)
+        return await plot_download(draw, fmt, f"drift-{user.org}")

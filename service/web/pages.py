@@ -67,6 +67,7 @@ __all__ = [
     "download_operation",
     "inline_svg",
     "page",
+    "plot_download",
     "plot_figure",
     "require",
 ]
@@ -310,6 +311,26 @@ def _file_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80]
 
 
+async def plot_download(draw: Callable[[], Any], ext: str, stem: str) -> Response[bytes]:
+    """The figure ``draw`` makes, rendered off the event loop, as a download ``stem.ext``.
+
+    ``ext`` is ``png`` (else SVG). Not cached: figures carry pay-related numbers.
+    """
+    fmt: plots.PlotFormat = "png" if ext == "png" else "svg"
+
+    def work() -> bytes:
+        return plots.render(draw(), fmt)
+
+    return Response(
+        await _off_loop(work),
+        media_type="image/png" if fmt == "png" else "image/svg+xml",
+        headers={
+            "Content-Disposition": f'attachment; filename="{stem}.{fmt}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 async def _svg(draw: Callable[[], Any]) -> Markup:
     def work() -> bytes:
         return plots.render(draw(), "svg")
@@ -490,17 +511,4 @@ class CyclePages(Controller):
             request.query_params.get("run"),
             request.query_params.get("kr"),
         )
-        fmt: plots.PlotFormat = "png" if ext == "png" else "svg"
-
-        def work() -> bytes:
-            return plots.render(draw(), fmt)
-
-        body = await _off_loop(work)
-        return Response(
-            body,
-            media_type="image/png" if fmt == "png" else "image/svg+xml",
-            headers={
-                "Content-Disposition": f'attachment; filename="{stem}.{fmt}"',
-                "Cache-Control": "no-store",
-            },
-        )
+        return await plot_download(draw, ext, stem)

@@ -278,27 +278,29 @@ async def test_pages_plots_and_small_group_notice(web: Any, store: RedisStore) -
     assert "@media" in css.text
 
 
-def test_caterpillar_marks_flagged_graders() -> None:
-    def effect(gid: str, lin: float, flag: str) -> GraderEffect:
-        return GraderEffect(
-            grader_id=gid,
-            n_grades=10,
-            n_linking=10,
-            component=0,
-            leniency=lin,
-            std_error=0.02,
-            ci_low=lin - 0.03,
-            ci_high=lin + 0.03,
-            z=None,
-            p_value=None,
-            q_value=None,
-            flag=flag,  # type: ignore[arg-type]
-        )
+def _effect(gid: str, lin: float, flag: str) -> GraderEffect:
+    """A grader's effect with an interval of ±0.03 around ``lin``."""
+    return GraderEffect(
+        grader_id=gid,
+        n_grades=10,
+        n_linking=10,
+        component=0,
+        leniency=lin,
+        std_error=0.02,
+        ci_low=lin - 0.03,
+        ci_high=lin + 0.03,
+        z=None,
+        p_value=None,
+        q_value=None,
+        flag=flag,  # type: ignore[arg-type]
+    )
 
+
+def test_caterpillar_marks_flagged_graders() -> None:
     from anchors import parse_scale
 
     fig = plots.caterpillar_figure(
-        [effect("ann", 0.2, "lenient"), effect("bob", 0.0, "ok"), effect("c d", -0.2, "severe")],
+        [_effect("ann", 0.2, "lenient"), _effect("bob", 0.0, "ok"), _effect("c d", -0.2, "severe")],
         parse_scale("google"),
         0.9,
     )
@@ -314,20 +316,7 @@ def test_plots_keep_hostile_ids_as_text() -> None:
     from anchors import parse_scale
 
     hostile = "<script>alert(1)</script>$\\frac$"
-    g = GraderEffect(
-        grader_id=hostile,
-        n_grades=10,
-        n_linking=10,
-        component=0,
-        leniency=0.2,
-        std_error=0.02,
-        ci_low=0.17,
-        ci_high=0.23,
-        z=None,
-        p_value=None,
-        q_value=None,
-        flag="lenient",
-    )
+    g = _effect(hostile, 0.2, "lenient")
     svg = plots.render(plots.caterpillar_figure([g], parse_scale("google"), 0.9), "svg")
     assert b"<script>" not in svg
     assert b"&lt;script&gt;alert(1)&lt;/script&gt;$\\frac$" in svg

@@ -299,14 +299,16 @@ def prepare_crossed(
     offs = np.arange(trip_a.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps)
     trip_b = kr_start[pair_kr[trip_a]] + offs
     trip_kr = pair_kr[trip_a]
-    trip_j = pair_gr[trip_a]
-    trip_k = pair_gr[trip_b]
 
-    off = trip_j != trip_k
-    adj = scipy.sparse.coo_matrix(
-        (np.ones(int(off.sum())), (trip_j[off], trip_k[off])), shape=(n_gr, n_gr)
-    ).tocsr()
-    _, comp = scipy.sparse.csgraph.connected_components(adj, directed=False)
+    # Components of the graph of graders and KRs, read off the pairs (sorted by KR)
+    # without building the grader-grader graph; graders come first, so each group of
+    # graders is numbered as in the graders-only graph (by its first grader).
+    indptr = np.concatenate([np.zeros(n_gr + 1, dtype=np.int64), np.cumsum(pairs_per_kr)])
+    graph = scipy.sparse.csr_matrix(
+        (np.ones(n_pairs), pair_gr, indptr), shape=(n_gr + n_kr, n_gr + n_kr)
+    )
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    comp = labels[:n_gr]
     largest = int(np.bincount(comp).max()) if n_gr else 0
     if largest > MAX_BLOCK:
         raise BlockTooLargeError(
@@ -315,7 +317,9 @@ def prepare_crossed(
             "organisation units separately, or use the mean or zscore baseline."
         )
     blocks = _make_blocks(comp.astype(np.int64), n_gr)
-    trip_flat = blocks.flat(trip_j, trip_k)
+    # flat index of block entry (j, k) = row start of j + column of k, per pair then per triple
+    pair_row = blocks.flat(pair_gr, pair_gr) - blocks.grader_loc[pair_gr]
+    trip_flat = pair_row[trip_a] + blocks.grader_loc[pair_gr][trip_b]
     n_comp = int(comp.max()) + 1 if n_gr else 0
     comp_has_ev = (
         np.bincount(comp[pair_gr], weights=ev_mask[pair_kr].astype(np.float64), minlength=n_comp)

@@ -96,6 +96,9 @@ class _Graph:
     grader_linked: BoolArray  # in the reference component
     kr_linked: BoolArray
     n_linking: IntArray  # per grader
+    owner_names: list[str]  # sorted
+    owner_kr: IntArray  # every KR that has an owner
+    owner_row: IntArray  # per owner_kr: its owner's position in owner_names
 
 
 def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
@@ -142,6 +145,7 @@ def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
     graders_per_kr = np.bincount(k_idx, minlength=n_kr)
     linking_grade = (graders_per_kr[k_idx] >= 2) | ev[k_idx]
     n_linking = np.bincount(g_idx, weights=linking_grade, minlength=n_gr).astype(np.int64)
+    owner_names, owner_kr, owner_row = _owner_rows(t)
     return _Graph(
         grader_comp=g_comp,
         kr_comp=k_comp,
@@ -149,6 +153,9 @@ def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
         grader_linked=g_comp == ref,
         kr_linked=k_comp == ref,
         n_linking=n_linking,
+        owner_names=owner_names,
+        owner_kr=owner_kr,
+        owner_row=owner_row,
     )
 
 
@@ -547,7 +554,7 @@ def _mixed_estimates(
     kr_var = kr_variance(fit)
     kr_se = np.sqrt(np.maximum(kr_var, 0.0))
 
-    owners = _owner_mixed(t, fit, kr_value)
+    owners = _owner_mixed(t, graph, fit, kr_value)
 
     # Residuals and their variances for infit/outfit and unexpected grades.
     coef = d.coef
@@ -620,10 +627,10 @@ def _owner_rows(t: GradeTable) -> tuple[list[str], IntArray, IntArray]:
 
 
 def _owner_mixed(
-    t: GradeTable, fit: CrossedFit, kr_value: FloatArray
+    t: GradeTable, graph: _Graph, fit: CrossedFit, kr_value: FloatArray
 ) -> dict[str, tuple[float, float]]:
     """Owner achievement with the KRs' shared grader and intercept errors accounted for."""
-    owner_names, kr_rows, row = _owner_rows(t)
+    owner_names, kr_rows, row = graph.owner_names, graph.owner_kr, graph.owner_row
     if not owner_names:
         return {}
     n = len(owner_names)
@@ -808,7 +815,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     # infit / outfit per grader
     infit = outfit = None
     if est.resid is not None and est.resid_var is not None:
-        fin = np.isfinite(est.resid)
+        fin = np.flatnonzero(np.isfinite(est.resid))  # integer gathers beat a mask
         gi = t.grader_index[fin]
         r2 = est.resid[fin] ** 2
         rvar = est.resid_var[fin]
@@ -907,7 +914,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         )
     ]
 
-    owner_names, _, owner_row = _owner_rows(t)
+    owner_names, owner_row = graph.owner_names, graph.owner_row
     nan_pair = (math.nan, math.nan)
     o_pairs = np.array([est.owner_value.get(o, nan_pair) for o in owner_names]).reshape(-1, 2)
     o_val, o_se = o_pairs[:, 0], o_pairs[:, 1]

@@ -558,7 +558,7 @@ def _deviance_and_gradient(
     tr_bb = float(s_inv[d.blocks.diag_flat].sum())
     if d.p:
         tr_bb += float(((st.H @ Tinv) * st.H).sum())
-    ev = d.ev_mask
+    ev = np.flatnonzero(d.ev_mask)  # integer gathers: several times faster than a mask
     if d.class_buf is not None:
         qw = d.class_buf @ s_inv
         c_class = d.class_w2 + d.class_ev / td + 1.0 / ta

@@ -17,10 +17,12 @@ canonical input so that any fit can be traced to exactly what it was given.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import msgspec
 import numpy as np
@@ -29,7 +31,7 @@ import numpy.typing as npt
 from anchors.scales import Scale
 from calibrate.errors import InputError
 
-__all__ = ["MAX_ID_LENGTH", "GradeRecord", "GradeTable"]
+__all__ = ["MAX_ID_LENGTH", "GradeRecord", "GradeTable", "factorise"]
 
 #: Longest id accepted for KRs, graders and owners.
 MAX_ID_LENGTH = 200
@@ -37,6 +39,7 @@ MAX_ID_LENGTH = 200
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+_K = TypeVar("_K", bound=Hashable)
 
 
 class GradeRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +58,104 @@ def _check_id(value: object, name: str, row: int | None) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InputError(f"is longer than {MAX_ID_LENGTH} characters", field=name, row=row)
     return value
+
+
+def _ids_ok(ids: Sequence[object]) -> bool:
+    """True when every id is a non-blank string of at most MAX_ID_LENGTH characters."""
+    if not ids:
+        return True
+    if not set(map(type, ids)) <= {str}:
+        return False
+    texts: Sequence[str] = ids  # type: ignore[assignment]
+    return min(map(len, map(str.strip, texts))) > 0 and max(map(len, texts)) <= MAX_ID_LENGTH
+
+
+def _check_codes(
+    names: Sequence[object], codes: IntArray, n: int, what: str, *, all_used: bool
+) -> None:
+    # A broken coding is a programming error, not bad input: ValueError, not InputError.
+    if codes.shape != (n,):
+        raise ValueError(f"{what} must have one entry per grade")
+    if n and (codes.min() < 0 or codes.max() >= len(names)):
+        raise ValueError(f"{what} points outside its ids")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what}: the ids must be distinct")
+    if all_used and n and not np.bincount(codes, minlength=len(names)).all():
+        raise ValueError(f"{what}: every id must have a grade")
+
+
+def _sorted_names(names: Sequence[str]) -> tuple[list[str], IntArray | None]:
+    """The ids sorted, and the old position -> new position map (None: already sorted)."""
+    ordered = sorted(names)
+    if ordered == list(names):
+        return ordered, None
+    remap = np.empty(len(names), dtype=np.int64)
+    remap[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    return ordered, remap
+
+
+def factorise(values: Sequence[_K]) -> tuple[list[_K], IntArray]:
+    """The distinct values (sorted where they can be) and each value's position among them.
+
+    >>> factorise(["b", "a", "b"])
+    (['a', 'b'], array([1, 0, 1]))
+    """
+    names = list(dict.fromkeys(values))
+    with contextlib.suppress(TypeError):  # None among strings (cycles) cannot be sorted
+        cast("list[Any]", names).sort()
+    index = dict(zip(names, range(len(names)), strict=True))
+    codes = np.fromiter(map(index.__getitem__, values), np.int64, len(values))
+    return names, codes
+
+
+def _first_error(
+    kr_ids: Sequence[str],
+    grader_ids: Sequence[str],
+    vals: FloatArray,
+    scale: Scale,
+    cycles: Sequence[str | None] | None,
+) -> None:
+    """Raise the InputError of the first bad grade, id or repeat in input order, if any."""
+    n = vals.shape[0]
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        row = int(np.argmax(bad)) + 1
+        raise InputError(f"grade {vals[row - 1]} is not a finite number", field="grade", row=row)
+    out = (vals < scale.low) | (vals > scale.high)
+    if out.any():
+        row = int(np.argmax(out)) + 1
+        raise InputError(
+            f"grade {vals[row - 1]:g} is outside the {scale.name} scale "
+            f"[{scale.low:g}, {scale.high:g}]",
+            field="grade",
+            row=row,
+        )
+    kr_map: dict[str, int] = {}
+    gr_map: dict[str, int] = {}
+    kr_idx = np.fromiter((kr_map.setdefault(k, len(kr_map)) for k in kr_ids), np.int64, n)
+    gr_idx = np.fromiter((gr_map.setdefault(g, len(gr_map)) for g in grader_ids), np.int64, n)
+    for mapping, codes, fname in ((kr_map, kr_idx, "kr_id"), (gr_map, gr_idx, "grader_id")):
+        for name, code in mapping.items():
+            if not isinstance(name, str) or not name.strip() or len(name) > MAX_ID_LENGTH:
+                _check_id(name, fname, int(np.argmax(codes == code)) + 1)
+    pair = kr_idx * len(gr_map) + gr_idx
+    if cycles is not None:
+        cyc_map: dict[str | None, int] = {}
+        cyc_idx = np.fromiter((cyc_map.setdefault(c, len(cyc_map)) for c in cycles), np.int64, n)
+        for cyc, code in cyc_map.items():
+            if cyc is not None:
+                _check_id(cyc, "cycle", int(np.argmax(cyc_idx == code)) + 1)
+        pair = pair * max(len(cyc_map), 1) + cyc_idx
+    uniq, counts = np.unique(pair, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        rows = np.flatnonzero(pair == dup)
+        raise InputError(
+            f"grader {grader_ids[rows[1]]!r} graded KR {kr_ids[rows[1]]!r} twice in one "
+            f"cycle (first at row {rows[0] + 1})",
+            field="grader_id",
+            row=int(rows[1]) + 1,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,13 +282,9 @@ class GradeTable:
                         row=row,
                     )
                 owner_of[kr] = rec.owner_id
-        return cls._assemble(
+        return cls._assemble_sorted(
             scale,
-            kr_pos,
-            grader_pos,
-            kr_idx,
-            gr_idx,
-            vals,
+            *_canonical(kr_pos, grader_pos, kr_idx, gr_idx, vals),
             owner_of,
             evidence,
             owners,
@@ -219,66 +316,126 @@ class GradeTable:
             raise InputError("no grades given", field="grade")
         if len(kr_ids) != n or len(grader_ids) != n:
             raise InputError("kr_ids, grader_ids and grades differ in length", field="grade")
-        bad = ~np.isfinite(vals)
-        if bad.any():
-            row = int(np.argmax(bad)) + 1
-            raise InputError(
-                f"grade {vals[row - 1]} is not a finite number", field="grade", row=row
-            )
-        out = (vals < scale.low) | (vals > scale.high)
-        if out.any():
-            row = int(np.argmax(out)) + 1
-            raise InputError(
-                f"grade {vals[row - 1]:g} is outside the {scale.name} scale "
-                f"[{scale.low:g}, {scale.high:g}]",
-                field="grade",
-                row=row,
-            )
-        # dict-based coding: much faster than sorting 1M Python strings with numpy
-        kr_map: dict[str, int] = {}
-        gr_map: dict[str, int] = {}
-        kr_idx = np.fromiter((kr_map.setdefault(k, len(kr_map)) for k in kr_ids), np.int64, n)
-        gr_idx = np.fromiter((gr_map.setdefault(g, len(gr_map)) for g in grader_ids), np.int64, n)
-        for mapping, codes, fname in ((kr_map, kr_idx, "kr_id"), (gr_map, gr_idx, "grader_id")):
-            for name, code in mapping.items():
-                if not isinstance(name, str) or not name.strip() or len(name) > MAX_ID_LENGTH:
-                    _check_id(name, fname, int(np.argmax(codes == code)) + 1)
-        pair = kr_idx * len(gr_map) + gr_idx
-        cycle_set: set[str] = set()
-        if cycles is not None:
-            if len(cycles) != n:
-                raise InputError("cycles and grades differ in length", field="cycle")
-            cyc_map: dict[str | None, int] = {}
-            cyc_idx = np.fromiter(
-                (cyc_map.setdefault(c, len(cyc_map)) for c in cycles), np.int64, n
-            )
-            for cyc, code in cyc_map.items():
-                if cyc is not None:
-                    _check_id(cyc, "cycle", int(np.argmax(cyc_idx == code)) + 1)
-                    cycle_set.add(cyc)
-            pair = pair * max(len(cyc_map), 1) + cyc_idx
-        uniq, counts = np.unique(pair, return_counts=True)
-        if (counts > 1).any():
-            dup = uniq[counts > 1][0]
-            rows = np.flatnonzero(pair == dup)
-            raise InputError(
-                f"grader {grader_ids[rows[1]]!r} graded KR {kr_ids[rows[1]]!r} twice in one "
-                f"cycle (first at row {rows[0] + 1})",
-                field="grader_id",
-                row=int(rows[1]) + 1,
-            )
-        return cls._assemble(
-            scale, kr_map, gr_map, kr_idx, gr_idx, vals, {}, evidence, owners, weights, cycle_set
+        if cycles is not None and len(cycles) != n:
+            raise InputError("cycles and grades differ in length", field="cycle")
+        kr_names, kr_codes = factorise(kr_ids)
+        gr_names, gr_codes = factorise(grader_ids)
+        cyc = None if cycles is None else factorise(cycles)
+        return cls.from_codes(
+            kr_names,
+            kr_codes,
+            gr_names,
+            gr_codes,
+            vals,
+            scale,
+            evidence=evidence,
+            owners=owners,
+            weights=weights,
+            cycles=cyc,
         )
 
     @classmethod
-    def _assemble(
+    def from_codes(
+        cls,
+        kr_ids: Sequence[str],
+        kr_index: IntArray,
+        grader_ids: Sequence[str],
+        grader_index: IntArray,
+        grades: FloatArray,
+        scale: Scale,
+        *,
+        evidence: Mapping[str, float] | None = None,
+        owners: Mapping[str, str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        cycles: tuple[Sequence[str | None], IntArray] | None = None,
+    ) -> GradeTable:
+        """The fastest builder: ids already coded. Same checks and result as :meth:`from_arrays`.
+
+        ``kr_ids`` and ``grader_ids`` hold distinct ids, each used by some grade (sorted
+        is fastest); grade ``i`` is by grader ``grader_ids[grader_index[i]]`` of KR
+        ``kr_ids[kr_index[i]]``. ``cycles``, when given, is ``(cycle ids, cycle index)``
+        alike (``None`` for a grade without a cycle). :func:`factorise` makes these.
+
+        >>> from anchors.scales import parse_scale
+        >>> t = GradeTable.from_codes(["k1", "k2"], np.array([1, 0]), ["g"], np.array([0, 0]),
+        ...                           np.array([0.2, 0.9]), parse_scale("google"))
+        >>> t.kr_ids, t.grade.tolist()
+        (('k1', 'k2'), [0.9, 0.2])
+        """
+        vals = np.asarray(grades, dtype=np.float64)
+        ki = np.asarray(kr_index, dtype=np.int64)
+        gi = np.asarray(grader_index, dtype=np.int64)
+        n = vals.shape[0]
+        _check_codes(kr_ids, ki, n, "kr_index", all_used=True)
+        _check_codes(grader_ids, gi, n, "grader_index", all_used=True)
+        ci: IntArray | None = None
+        cycle_ids: Sequence[str | None] = ()
+        if cycles is not None:
+            cycle_ids, ci = cycles[0], np.asarray(cycles[1], dtype=np.int64)
+            _check_codes(cycle_ids, ci, n, "cycle index", all_used=False)
+        if n == 0:
+            raise InputError("no grades given", field="grade")
+        kr_names, kr_remap = _sorted_names(kr_ids)
+        gr_names, gr_remap = _sorted_names(grader_ids)
+        ki = kr_remap[ki] if kr_remap is not None else ki
+        gi = gr_remap[gi] if gr_remap is not None else gi
+
+        def first_error() -> None:
+            # The per-grade checks find the first bad row and word the message alike.
+            _first_error(
+                [kr_names[c] for c in ki.tolist()],
+                [gr_names[c] for c in gi.tolist()],
+                vals,
+                scale,
+                None if ci is None else [cycle_ids[c] for c in ci.tolist()],
+            )
+
+        if not (
+            np.isfinite(vals).all()
+            and ((vals >= scale.low) & (vals <= scale.high)).all()
+            and _ids_ok(kr_names)
+            and _ids_ok(gr_names)
+            and _ids_ok([c for c in cycle_ids if c is not None])
+        ):
+            first_error()  # raises, unless only the vectorised test was too strict
+        pair = ki * len(gr_names) + gi
+        if ci is None:
+            # pairs are unique (checked next), so this is the (KR, grader, grade) order
+            order = np.argsort(pair, kind="stable")
+            key = pair[order]
+        else:
+            order = np.lexsort((vals, pair))
+            key = np.sort(pair * max(len(cycle_ids), 1) + ci)
+        if (key[1:] == key[:-1]).any():
+            first_error()
+            raise AssertionError("a repeated grade that the checks missed")  # pragma: no cover
+        cycle_set: set[str] = set()
+        if ci is not None:
+            # a cycle id given but used by no grade is not one of the table's cycles
+            used = np.bincount(ci, minlength=len(cycle_ids)).astype(bool).tolist()
+            cycle_set = {c for c, u in zip(cycle_ids, used, strict=True) if u and c is not None}
+        return cls._assemble_sorted(
+            scale,
+            kr_names,
+            gr_names,
+            ki[order],
+            gi[order],
+            vals[order],
+            {},
+            evidence,
+            owners,
+            weights,
+            cycle_set,
+        )
+
+    @classmethod
+    def _assemble_sorted(
         cls,
         scale: Scale,
-        kr_pos: dict[str, int],
-        grader_pos: dict[str, int],
-        kr_idx: IntArray,
-        gr_idx: IntArray,
+        kr_names: list[str],
+        gr_names: list[str],
+        ki: IntArray,
+        gi: IntArray,
         vals: FloatArray,
         owner_of: dict[str, str | None],
         evidence: Mapping[str, float] | None,
@@ -286,65 +443,12 @@ class GradeTable:
         weights: Mapping[str, float] | None,
         cycles: set[str],
     ) -> GradeTable:
-        # Canonical order: KRs and graders sorted by id, grades by (kr, grader), so that
-        # the result does not depend on the order of the input rows.
-        kr_names = sorted(kr_pos)
-        gr_names = sorted(grader_pos)
-        kr_remap = np.empty(len(kr_pos), dtype=np.int64)
-        kr_remap[[kr_pos[k] for k in kr_names]] = np.arange(len(kr_names))
-        gr_remap = np.empty(len(grader_pos), dtype=np.int64)
-        gr_remap[[grader_pos[g] for g in gr_names]] = np.arange(len(gr_names))
-        ki = kr_remap[kr_idx]
-        gi = gr_remap[gr_idx]
-        order = np.lexsort((vals, gi, ki))
-        ki, gi, vals = ki[order], gi[order], vals[order]
-
-        ev = np.full(len(kr_names), np.nan)
-        for kr, value in (evidence or {}).items():
-            pos = kr_pos.get(kr)
-            if pos is None:
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
-                raise InputError(
-                    f"evidence grade for KR {kr!r} is not a finite number", field="evidence"
-                )
-            if not 0.0 <= value <= 1.0:
-                raise InputError(
-                    f"evidence grade {value} for KR {kr!r} is outside [0, 1]", field="evidence"
-                )
-            ev[kr_remap[pos]] = scale.from_google(float(value))
-
-        owner_list: list[str | None] = []
-        for kr in kr_names:
-            rec_owner = owner_of.get(kr)
-            given = (owners or {}).get(kr)
-            if given is not None:
-                _check_id(given, "owner_id", None)
-            if rec_owner is not None and given is not None and rec_owner != given:
-                raise InputError(
-                    f"KR {kr!r} has two owners: {rec_owner!r} and {given!r}", field="owner_id"
-                )
-            owner_list.append(rec_owner if rec_owner is not None else given)
-
-        w = np.ones(len(kr_names))
-        for kr, value in (weights or {}).items():
-            pos = kr_pos.get(kr)
-            if pos is None:
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise InputError(
-                    f"weight for KR {kr!r} must be a finite number >= 0", field="weight"
-                )
-            w[kr_remap[pos]] = float(value)
+        """The table from grades in canonical order (ids sorted; by KR, grader, grade)."""
+        ev = _per_kr(kr_names, evidence, np.nan, _check_evidence)
+        known = np.isfinite(ev)
+        ev[known] = scale.from_google(ev[known])
+        owner_list = _owner_list(kr_names, owner_of, owners or {})
+        w = _per_kr(kr_names, weights, 1.0, _check_weight)
 
         digest = hashlib.sha256()
         digest.update(msgspec.json.encode([scale.name, scale.low, scale.high, list(scale.levels)]))
@@ -370,3 +474,104 @@ class GradeTable:
             input_hash="sha256:" + digest.hexdigest(),
             cycles=tuple(sorted(cycles)),
         )
+
+
+def _canonical(
+    kr_pos: dict[str, int],
+    grader_pos: dict[str, int],
+    kr_idx: IntArray,
+    gr_idx: IntArray,
+    vals: FloatArray,
+) -> tuple[list[str], list[str], IntArray, IntArray, FloatArray]:
+    """Canonical order: KRs and graders sorted by id, grades by (kr, grader, grade), so
+    that the table does not depend on the order of the input rows."""
+    kr_names = sorted(kr_pos)
+    gr_names = sorted(grader_pos)
+    kr_remap = np.empty(len(kr_pos), dtype=np.int64)
+    kr_remap[[kr_pos[k] for k in kr_names]] = np.arange(len(kr_names))
+    gr_remap = np.empty(len(grader_pos), dtype=np.int64)
+    gr_remap[[grader_pos[g] for g in gr_names]] = np.arange(len(gr_names))
+    ki = kr_remap[kr_idx]
+    gi = gr_remap[gr_idx]
+    order = np.lexsort((vals, gi, ki))
+    return kr_names, gr_names, ki[order], gi[order], vals[order]
+
+
+def _check_evidence(kr: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"evidence grade for KR {kr!r} is not a finite number", field="evidence")
+    if not 0.0 <= value <= 1.0:
+        raise InputError(
+            f"evidence grade {value} for KR {kr!r} is outside [0, 1]", field="evidence"
+        )
+
+
+def _check_weight(kr: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InputError(f"weight for KR {kr!r} must be a finite number >= 0", field="weight")
+
+
+def _per_kr(
+    kr_names: Sequence[str],
+    values: Mapping[str, float] | None,
+    default: float,
+    check: Callable[[str, object], None],
+) -> FloatArray:
+    """Per KR (sorted ids): its value from ``values``, else ``default``; checked by ``check``.
+
+    Values for KRs that are not in the table are ignored. Plain floats that all pass
+    the check are looked up in one go; otherwise each value of the table's KRs is
+    checked in the mapping's order, so that the error names the first bad one.
+    """
+    out = np.full(len(kr_names), default)
+    if not values:
+        return out
+    given = list(values.values())
+    if set(map(type, given)) <= {float}:
+        arr = np.array(given, dtype=np.float64)
+        if np.isfinite(arr).all() and _passes(check, arr.min()) and _passes(check, arr.max()):
+            found = list(map(values.get, kr_names))
+            mask = np.array([v is not None for v in found], dtype=bool)
+            out[mask] = np.array([v for v in found if v is not None], dtype=np.float64)
+            return out
+    pos = dict(zip(kr_names, range(len(kr_names)), strict=True))
+    for kr, value in values.items():
+        i = pos.get(kr)
+        if i is None:
+            continue
+        check(kr, value)
+        out[i] = float(value)
+    return out
+
+
+def _passes(check: Callable[[str, object], None], value: np.float64) -> bool:
+    try:
+        check("", float(value))
+    except InputError:
+        return False
+    return True
+
+
+def _owner_list(
+    kr_names: Sequence[str], owner_of: Mapping[str, str | None], owners: Mapping[str, str]
+) -> list[str | None]:
+    """Per KR: the owner from the grades (``owner_of``) or else from ``owners``; one at most."""
+    given: list[str | None] = list(map(owners.get, kr_names))
+    if not owner_of and _ids_ok(list({g for g in given if g is not None})):
+        return given
+    owner_list: list[str | None] = []
+    for kr, giv in zip(kr_names, given, strict=True):
+        rec_owner = owner_of.get(kr)
+        if giv is not None:
+            _check_id(giv, "owner_id", None)
+        if rec_owner is not None and giv is not None and rec_owner != giv:
+            raise InputError(
+                f"KR {kr!r} has two owners: {rec_owner!r} and {giv!r}", field="owner_id"
+            )
+        owner_list.append(rec_owner if rec_owner is not None else giv)
+    return owner_list

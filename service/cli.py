@@ -21,17 +21,22 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported (start-up time:
+    ``okrcal calibrate`` need not import the web stack of ``serve``)."""
     parser = argparse.ArgumentParser(prog="okrcal", description="OKR grade calibration")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(p)
+        if only is None or name == only:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    only = given[0] if given and given[0] in _COMMANDS else None
+    args = build_parser(only).parse_args(given)
     module = importlib.import_module(_COMMANDS[args.command][0])
     code: int = module.run(args)
     return code

@@ -35,12 +35,13 @@ import secrets
 import shutil
 import stat
 import sys
+import time
 from collections.abc import Iterable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Final, TextIO
 
 import msgspec
+import numpy as np
 
 from anchors import EvidenceProblem, Scale, ScaleError, check_outcome, grade_many, parse_scale
 from calibrate import (
@@ -55,14 +56,13 @@ from calibrate import (
     model_from_name,
 )
 from service.csvio import (
-    GRADES_SPEC,
     KRS_SPEC,
     CsvInputError,
     KeyResultRows,
     build_grade_table,
-    grades_from_columns,
     key_results_from_columns,
     read_csv_file,
+    read_grades_file,
 )
 
 __all__ = [
@@ -106,6 +106,27 @@ _OPTION_OF: Final = {
     "min_effect": "--min-effect",
     "min_linked": "--min-linked",
 }
+
+
+class _Clock:
+    """Wall and CPU seconds per phase, for ``--timings``."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        # CPU spent before the clock started: interpreter start-up and imports
+        self.phases: list[tuple[str, float | None, float]] = [("start-up", None, self._cpu)]
+
+    def lap(self, phase: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.phases.append((phase, wall - self._wall, cpu - self._cpu))
+        self._wall, self._cpu = wall, cpu
+
+    def __str__(self) -> str:
+        parts = [
+            f"{name} {'-' if wall is None else f'{wall:.3f}'}/{cpu:.3f}"
+            for name, wall, cpu in self.phases
+        ]
+        return "seconds wall/CPU: " + "; ".join(parts)
 
 
 class UsageError(Exception):
@@ -233,6 +254,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory for scores.csv, graders.csv, owners.csv and fit.json; it must be "
         "new, empty, or hold only a previous run's files",
     )
+    parser.add_argument(
+        "--timings",
+        action="store_true",
+        help="print the wall and CPU seconds of each phase to stderr",
+    )
 
 
 _GRADES_HELP: Final = (
@@ -263,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             stdout=sys.stdout,
             stderr=sys.stderr,
+            timings=args.timings,
         )
     except (UsageError, CsvInputError) as exc:
         print(f"okrcal calibrate: error: {exc}", file=sys.stderr)
@@ -282,9 +309,11 @@ def calibrate_to_dir(
     out: Path,
     stdout: TextIO,
     stderr: TextIO,
+    timings: bool = False,
 ) -> int:
     """Read, validate, fit, and write the four files into ``out`` as a set; returns 0.
 
+    With ``timings``, the wall and CPU seconds of each phase go to ``stderr`` at the end.
     Raises :class:`UsageError` or :class:`~service.csvio.CsvInputError` for bad input
     (before anything is written) and :class:`OSError` when the results cannot be written.
     """
@@ -293,7 +322,11 @@ def calibrate_to_dir(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _calibrate_to_dir(grades, krs, scale, model, settings, out, stdout, stderr)
+        clock = _Clock()
+        code = _calibrate_to_dir(grades, krs, scale, model, settings, out, stdout, stderr, clock)
+        if timings:
+            print(f"okrcal calibrate: timings: {clock}", file=stderr)
+        return code
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -308,14 +341,16 @@ def _calibrate_to_dir(
     out: Path,
     stdout: TextIO,
     stderr: TextIO,
+    clock: _Clock,
 ) -> int:
     the_scale = _parse_scale(scale)
     spec = _parse_model(model, settings)
     _check_out_dir(out)
 
-    grade_cols, grades_sha = read_csv_file(grades, GRADES_SPEC, source=str(grades))
-    grade_data = grades_from_columns(grade_cols)
-    inputs = [InputFile(role="grades", name=grades.name, sha256=grades_sha, rows=grade_cols.n_rows)]
+    grade_data, grades_sha = read_grades_file(grades, source=str(grades))
+    clock.lap("read grades")
+    n_rows = grade_data.source.n_rows
+    inputs = [InputFile(role="grades", name=grades.name, sha256=grades_sha, rows=n_rows)]
 
     warnings: list[str] = []
     notes: list[EvidenceNote] = []
@@ -327,7 +362,8 @@ def _calibrate_to_dir(
         kr_cols, krs_sha = read_csv_file(krs, KRS_SPEC, source=str(krs))
         inputs.append(InputFile(role="krs", name=krs.name, sha256=krs_sha, rows=kr_cols.n_rows))
         kr_rows = key_results_from_columns(kr_cols)
-        graded = set(grade_data.kr_ids)
+        clock.lap("read krs")
+        graded = set(grade_data.kr_names)
         ungraded = [k for k in kr_rows.row_of if k not in graded]
         if ungraded:
             warnings.append(
@@ -343,8 +379,10 @@ def _calibrate_to_dir(
         ]
         notes = _evidence_notes(kr_rows, [*kr_rows.problems, *problems], graded)
         outcome_flags = _outcome_flags(kr_rows, graded)
+        clock.lap("evidence")
 
     table = build_grade_table(grade_data, the_scale, evidence=evidence, krs=kr_rows)
+    clock.lap("table")
     try:
         fit = spec.fit(table)
     except CalibrateError as exc:
@@ -352,6 +390,7 @@ def _calibrate_to_dir(
         raise CsvInputError(
             str(grades), f"the {model} model cannot fit these grades: {exc}"
         ) from None
+    clock.lap("fit")
     report = _report(
         fit,
         the_scale,
@@ -361,9 +400,12 @@ def _calibrate_to_dir(
         evidence_warnings,
         outcome_flags,
         n_evidence=len(evidence),
-        cycles=sorted(set(grade_data.cycles or ()) - {""}),
+        cycles=sorted(
+            {c for c in grade_data.cycle_codes[0] if c} if grade_data.cycle_codes else ()
+        ),
     )
     _write_outputs(out, fit, report)
+    clock.lap("write")
 
     for note in notes[:_SHOWN]:
         where = f"row {note.row}, " if note.row is not None else ""
@@ -457,6 +499,8 @@ def _outcome_flags(rows: KeyResultRows, graded: set[str]) -> list[OutcomeFlag]:
 
 
 def _okrcal_version() -> str | None:
+    from importlib import metadata  # not at start-up: it takes a while
+
     try:
         return metadata.version("okrcal")
     except metadata.PackageNotFoundError:
@@ -555,15 +599,49 @@ def _column(items: Sequence[msgspec.Struct], name: str) -> list[str]:
     """One output column as CSV cells, converted a column at a time for speed."""
     values = list(map(operator.attrgetter(name), items))
     if name in _INT_COLUMNS:
+        if set(map(type, values)) <= {int}:
+            return _json_cells(values)
         return [str(v) for v in values]
     if name in _TEXT_COLUMNS:
         cells = ["" if v is None else v for v in values]
         if _NEEDS_QUOTES.search("".join(cells)):
             cells = [_quote(c) for c in cells]
         return cells
-    # repr() of a float is the shortest text that reads back to the same float; float()
-    # first so that a numpy float64 prints as a plain number.
-    return ["" if v is None else repr(float(v)) for v in values]
+    return _float_cells(values)
+
+
+def _json_cells(values: list[object]) -> list[str]:
+    if not values:
+        return []
+    return msgspec.json.encode(values)[1:-1].decode("ascii").split(",")
+
+
+def _float_cells(values: Sequence[float | None]) -> list[str]:
+    """CSV cells of floats: ``repr(float(v))``, the shortest text that reads back to ``v``;
+    ``None`` is an empty cell.
+
+    msgspec writes the same shortest digits as ``repr`` (a million times faster than a
+    ``repr`` call each) but lays out very small and very large magnitudes differently
+    (``0.00001`` for ``1e-05``, ``1e16`` for ``1e+16``) and writes NaN, infinities and
+    ``None`` as ``null``: those cells, rare in practice, are redone with ``repr``.
+
+    >>> _float_cells([0.1, None, 1e-05, 2.5e16, 3.0])
+    ['0.1', '', '1e-05', '2.5e+16', '3.0']
+    """
+    vals = list(values)
+    if not set(map(type, vals)) <= {float, type(None)}:
+        # numpy floats, ints or bools: float() first, as repr(float(v)) would
+        vals = [None if v is None else float(v) for v in vals]
+    if not vals:
+        return []
+    cells = msgspec.json.encode(vals)[1:-1].decode("ascii").split(",")
+    mags = np.abs(np.array(vals, dtype=np.float64))  # None becomes NaN
+    with np.errstate(invalid="ignore"):
+        odd = ~(np.isfinite(mags) & ((mags == 0) | ((mags >= 1e-4) & (mags < 1e16))))
+    for i in np.flatnonzero(odd).tolist():
+        v = vals[i]
+        cells[i] = "" if v is None else repr(v)
+    return cells
 
 
 def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct]) -> None:
@@ -572,7 +650,7 @@ def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct
         fh.write(",".join(header) + "\n")
         for start in range(0, len(items), 1 << 16):
             rows = zip(*(c[start : start + (1 << 16)] for c in columns), strict=True)
-            fh.write("".join([",".join(r) + "\n" for r in rows]))
+            fh.write("\n".join(map(",".join, rows)) + "\n")
 
 
 def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> None:

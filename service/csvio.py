@@ -50,6 +50,7 @@ from anchors.evidence import EvidenceProblem
 from anchors.kr import DIRECTIONS, EVIDENCE_FIELDS, KR_TYPES, Direction, KeyResult, KRType
 from anchors.scales import Scale
 from calibrate import MAX_ID_LENGTH, GradeTable, InputError
+from calibrate.table import factorise
 
 __all__ = [
     "GRADES_SPEC",
@@ -65,9 +66,11 @@ __all__ = [
     "key_results_from_columns",
     "read_columns",
     "read_csv_file",
+    "read_grades_file",
 ]
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 _SPACE: Final = re.compile(r"\s")
 
@@ -225,6 +228,229 @@ def read_csv_file(
         line = _line_of_row(path, exc.row)
         raise CsvInputError(name, exc.problem, row=exc.row, column=exc.column, line=line) from None
     return CsvColumns(cols.source, cols.header, cols.columns, cols.n_rows, path), digest
+
+
+def read_grades_file(path: Path, *, source: str | None = None) -> tuple[GradeColumns, str]:
+    """A GRADES.csv read and checked as by :func:`read_csv_file` + :func:`grades_from_columns`.
+
+    Returns the grades and the file's sha256. A plain file (ASCII without quotes, blank
+    lines or surrounding spaces, the same number of fields on every line, numbers that
+    parse, one owner per KR) is parsed with numpy a column at a time and its ids coded
+    with :func:`numpy.unique`, without a Python string per cell; anything else, and so
+    every input error, goes the general way, whose messages name the row and column.
+    """
+    name = source if source is not None else str(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""  # the general path words the error
+    fast = _plain_grades(data, name, path) if data else None
+    if fast is not None:
+        return fast, "sha256:" + hashlib.sha256(data).hexdigest()
+    cols, digest = read_csv_file(path, GRADES_SPEC, source=name)
+    return grades_from_columns(cols), digest
+
+
+# Bytes a plain CSV may hold: printable ASCII but the quote, which leaves out spaces
+# (cells would need stripping) and every control character but the line feed.
+_PLAIN_BYTES: Final = bytes(range(0x21, 0x7F)).replace(b'"', b"") + b"\n"
+# Longest cell of a column coded with numpy; longer ones go the general way.
+_PLAIN_WIDTH: Final = 64
+
+
+def _plain_grades(data: bytes, source: str, path: Path) -> GradeColumns | None:
+    table = _plain_fields(data, GRADES_SPEC)
+    if table is None:
+        return None
+    header, buf, starts, ends = table
+    n_rows = starts.shape[0]
+    cols = CsvColumns(source, header, {}, n_rows, path)
+    col = header.index
+    grades = _plain_floats(buf, starts[:, col("grade")], ends[:, col("grade")])
+    kr = _plain_codes(buf, starts[:, col("kr_id")], ends[:, col("kr_id")])
+    grader = _plain_codes(buf, starts[:, col("grader_id")], ends[:, col("grader_id")])
+    if grades is None or kr is None or grader is None:
+        return None
+    owners: dict[str, str] = {}
+    if "owner_id" in header:
+        owner = _plain_codes(buf, starts[:, col("owner_id")], ends[:, col("owner_id")])
+        if owner is None:
+            return None
+        found = _plain_owners(kr, owner)
+        if found is None:
+            return None
+        owners = found
+    cycle_codes: tuple[list[str | None], IntArray] | None = None
+    if "cycle" in header:
+        cycle = _plain_codes(buf, starts[:, col("cycle")], ends[:, col("cycle")])
+        if cycle is None:
+            return None
+        cycle_codes = ([c or None for c in cycle[0]], cycle[1])
+    return GradeColumns(
+        source=cols,
+        kr_names=kr[0],
+        kr_index=kr[1],
+        grader_names=grader[0],
+        grader_index=grader[1],
+        grades=grades,
+        owners=owners,
+        cycle_codes=cycle_codes,
+    )
+
+
+def _plain_fields(
+    data: bytes, spec: CsvSpec
+) -> tuple[tuple[str, ...], npt.NDArray[np.uint8], IntArray, IntArray] | None:
+    """Header, bytes, and the start and end offsets of every cell (rows x columns) of
+    a plain CSV; ``None`` when the file is anything but plain."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.isascii():
+        return None
+    crlf = b"\r" in data
+    cut = data.find(b"\n")
+    body = data[cut + 1 :]
+    if cut <= 0 or not body or body.startswith((b"\n", b"\r\n")) or b"\n\n" in body:
+        return None
+    if body.translate(None, _PLAIN_BYTES + b"\r") if crlf else body.translate(None, _PLAIN_BYTES):
+        return None
+    head = data[:cut].decode("ascii").removesuffix("\r")
+    if '"' in head or "\r" in head or (crlf and b"\n\r\n" in body):
+        return None
+    try:
+        header = _check_header(head.split(","), spec, "", 1)
+    except CsvInputError:
+        return None
+    width = len(header)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    buf = np.frombuffer(body, dtype=np.uint8)
+    if crlf:
+        # every carriage return must end a line (as half of CRLF)
+        cr = np.flatnonzero(buf == ord("\r"))
+        if not (buf[cr + 1] == ord("\n")).all():
+            return None
+    is_nl = buf == ord("\n")
+    line_ends = np.flatnonzero(is_nl)
+    cell_ends = np.flatnonzero(is_nl | (buf == ord(",")))
+    n_rows = line_ends.shape[0]
+    if cell_ends.shape[0] != n_rows * width:
+        return None
+    ends = cell_ends.reshape(n_rows, width)
+    if not np.array_equal(ends[:, -1], line_ends):
+        return None
+    starts = np.empty_like(ends)
+    starts[:, 1:] = ends[:, :-1] + 1
+    starts[0, 0] = 0
+    starts[1:, 0] = line_ends[:-1] + 1
+    if crlf:
+        ends[:, -1] -= buf[line_ends - 1] == ord("\r")
+    # The csv path drops rows of empty cells at the end: leave such files to it.
+    if ends[-1, -1] - starts[-1, 0] == width - 1:
+        return None
+    return header, buf, starts, ends
+
+
+def _plain_cells(
+    buf: npt.NDArray[np.uint8], starts: IntArray, ends: IntArray
+) -> npt.NDArray[np.uint8] | None:
+    """The cells from ``starts`` to ``ends``, one zero-padded row of bytes each (None:
+    a cell is too long). The width is a whole number of 8-byte words."""
+    lengths = ends - starts
+    longest = int(lengths.max())
+    if longest > _PLAIN_WIDTH:
+        return None
+    cells = np.zeros((starts.shape[0], max(8, -(-longest // 8) * 8)), dtype=np.uint8)
+    last = buf.shape[0] - 1
+    for j in range(longest):
+        cells[:, j] = np.where(j < lengths, buf[np.minimum(starts + j, last)], 0)
+    return cells
+
+
+def _plain_codes(
+    buf: npt.NDArray[np.uint8], starts: IntArray, ends: IntArray
+) -> tuple[list[str], IntArray] | None:
+    """The distinct cells, sorted, and each cell's position among them."""
+    cells = _plain_cells(buf, starts, ends)
+    if cells is None:
+        return None
+    # ASCII bytes sort as their strings do, and a cell holds no NUL: sorting the
+    # zero-padded bytes (as big-endian integers when they fit in one) sorts the ids.
+    as_bytes = cells.view(f"S{cells.shape[1]}").ravel()
+    keys = cells.view(">u8").ravel() if cells.shape[1] == 8 else as_bytes
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    first = np.empty(ordered.shape[0], dtype=bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    codes = np.empty(ordered.shape[0], dtype=np.int64)
+    codes[order] = np.cumsum(first) - 1
+    # one decode for all the names (a cell holds no line feed)
+    names = b"\n".join(as_bytes[order[first]].tolist()).decode("ascii").split("\n")
+    return names, codes
+
+
+# 10**k for the exact decimal fast path (exact doubles up to 10**22)
+_POW10: Final = np.array([float(10**k) for k in range(23)])
+
+
+def _plain_floats(
+    buf: npt.NDArray[np.uint8], starts: IntArray, ends: IntArray
+) -> FloatArray | None:
+    cells = _plain_cells(buf, starts, ends)
+    if cells is None:
+        return None
+    # Plain decimals (digits with at most one point, at most 15 digits) are read as
+    # integer / 10**k: both exact doubles, and IEEE division rounds correctly, so this
+    # is the double nearest the decimal - what float() gives.
+    digit = (cells >= ord("0")) & (cells <= ord("9"))
+    point = cells == ord(".")
+    n_digits = digit.sum(axis=1)
+    simple = (
+        (digit | point | (cells == 0)).all(axis=1)
+        & (point.sum(axis=1) <= 1)
+        & (n_digits > 0)
+        & (n_digits <= 15)
+    )
+    value = np.zeros(cells.shape[0], dtype=np.int64)
+    decimals = np.zeros(cells.shape[0], dtype=np.int64)
+    seen_point = np.zeros(cells.shape[0], dtype=bool)
+    for j in range(cells.shape[1]):
+        d = digit[:, j]
+        value = np.where(d, value * 10 + (cells[:, j].astype(np.int64) - ord("0")), value)
+        decimals += d & seen_point
+        seen_point |= point[:, j]
+    out: FloatArray = value / _POW10[np.minimum(decimals, 22)]
+    if not simple.all():
+        rest = ~simple
+        try:
+            # numpy reads bytes with Python's own float parser: the numbers of float()
+            out[rest] = cells[rest].view(f"S{cells.shape[1]}").ravel().astype(np.float64)
+        except ValueError:
+            return None
+    return out
+
+
+def _plain_owners(
+    kr: tuple[list[str], IntArray], owner: tuple[list[str], IntArray]
+) -> dict[str, str] | None:
+    """KR -> owner from coded columns; None when some KR has two owners (an error)."""
+    names, codes = owner
+    has = codes != 0 if names and names[0] == "" else np.ones(codes.shape, dtype=bool)
+    pairs = np.sort(kr[1][has] * len(names) + codes[has])
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))] if pairs.size else pairs
+    krs, owners = np.divmod(pairs, len(names))
+    if krs.shape[0] > 1 and (krs[1:] == krs[:-1]).any():
+        return None
+    if any(len(o) > MAX_ID_LENGTH for o in names):
+        return None
+    return dict(
+        zip(
+            map(kr[0].__getitem__, krs.tolist()),
+            map(names.__getitem__, owners.tolist()),
+            strict=True,
+        )
+    )
 
 
 def read_columns(lines: Iterable[str], spec: CsvSpec, *, source: str) -> CsvColumns:
@@ -482,16 +708,44 @@ def _line_of_row(path: Path, row: int) -> int | None:
 
 @dataclass(frozen=True)
 class GradeColumns:
-    """The grades of a GRADES.csv, validated as far as CSV goes, ready for a GradeTable."""
+    """The grades of a GRADES.csv, validated as far as CSV goes, ready for a GradeTable.
+
+    Ids are coded: ``kr_names[kr_index[i]]`` is the KR of grade ``i`` (the names are
+    distinct and each has a grade); likewise graders and, when the file has a cycle
+    column, cycles (``None`` for an empty cycle cell).
+    """
 
     source: CsvColumns
-    kr_ids: list[str]
-    grader_ids: list[str]
+    kr_names: list[str]
+    kr_index: IntArray
+    grader_names: list[str]
+    grader_index: IntArray
     grades: FloatArray
     #: Owner of each KR, where the grades name one.
     owners: dict[str, str]
-    #: Cycle of each grade; ``None`` when the file has no cycle column.
-    cycles: list[str] | None
+    cycle_codes: tuple[list[str | None], IntArray] | None = None
+
+    @property
+    def kr_ids(self) -> list[str]:
+        """The KR of each grade."""
+        return _decode(self.kr_names, self.kr_index)
+
+    @property
+    def grader_ids(self) -> list[str]:
+        """The grader of each grade."""
+        return _decode(self.grader_names, self.grader_index)
+
+    @property
+    def cycles(self) -> list[str] | None:
+        """The cycle of each grade (``""`` where empty); ``None`` without a cycle column."""
+        if self.cycle_codes is None:
+            return None
+        names = ["" if c is None else c for c in self.cycle_codes[0]]
+        return _decode(names, self.cycle_codes[1])
+
+
+def _decode(names: list[str], codes: IntArray) -> list[str]:
+    return list(map(names.__getitem__, codes.tolist()))
 
 
 def _float_column(cols: CsvColumns, name: str) -> FloatArray:
@@ -558,13 +812,23 @@ def grades_from_columns(cols: CsvColumns) -> GradeColumns:
     """
     kr_ids = cols.columns["kr_id"]
     grades = _float_column(cols, "grade")
+    owners = _owners_from_grades(cols, kr_ids)
+    kr_names, kr_index = factorise(kr_ids)
+    grader_names, grader_index = factorise(cols.columns["grader_id"])
+    cycles = cols.columns.get("cycle")
+    cycle_codes: tuple[list[str | None], IntArray] | None = None
+    if cycles is not None:
+        names, codes = factorise(cycles)
+        cycle_codes = ([c or None for c in names], codes)
     return GradeColumns(
         source=cols,
-        kr_ids=kr_ids,
-        grader_ids=cols.columns["grader_id"],
+        kr_names=kr_names,
+        kr_index=kr_index,
+        grader_names=grader_names,
+        grader_index=grader_index,
         grades=grades,
-        owners=_owners_from_grades(cols, kr_ids),
-        cycles=cols.columns.get("cycle"),
+        owners=owners,
+        cycle_codes=cycle_codes,
     )
 
 
@@ -791,15 +1055,17 @@ def build_grade_table(
     owners = _merge_owners(grades, krs)
     weights = krs.weights if krs is not None else None
     try:
-        return GradeTable.from_arrays(
-            grades.kr_ids,
-            grades.grader_ids,
+        return GradeTable.from_codes(
+            grades.kr_names,
+            grades.kr_index,
+            grades.grader_names,
+            grades.grader_index,
             grades.grades,
             scale,
             evidence=evidence,
             owners=owners,
             weights=weights,
-            cycles=None if grades.cycles is None else [c or None for c in grades.cycles],
+            cycles=grades.cycle_codes,
         )
     except InputError as exc:
         if exc.field == "weight" and krs is not None:

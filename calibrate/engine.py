@@ -616,9 +616,9 @@ def _mixed_estimates(
 
 def _owner_rows(t: GradeTable) -> tuple[list[str], IntArray, IntArray]:
     """Owners in sorted order; every KR that has an owner, and its owner's position."""
-    present = set(t.kr_owner)
+    present: set[str | None] = set(t.kr_owner)
     present.discard(None)
-    names = sorted(o for o in present if o is not None)
+    names: list[str] = sorted(present)  # type: ignore[arg-type]  # None discarded above
     pos: dict[str | None, int] = dict(zip(names, range(len(names)), strict=True))
     pos[None] = -1
     code = np.array(list(map(pos.__getitem__, t.kr_owner)), dtype=np.int64)

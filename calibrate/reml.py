@@ -94,6 +94,8 @@ class _Blocks:
     component: IntArray  # per grader: connected component id
     diag_flat: IntArray  # per grader: flat index of its diagonal entry
     pad_flat: IntArray  # flat indices of the diagonal slots that pad blocks
+    bucket_graders: tuple[IntArray, ...]  # per bucket: its graders, ascending
+    bucket_rows: tuple[IntArray, ...]  # per bucket: their rows in (blocks * size) stacking
 
     def flat(self, j: IntArray, k: IntArray) -> IntArray:
         """Flat buffer index of entry (j, k); j and k must share a block."""
@@ -118,17 +120,15 @@ class _Blocks:
         cols = v.shape[1]
         for b in range(len(self.bucket_size)):
             s, n = int(self.bucket_size[b]), int(self.bucket_count[b])
-            arr = np.zeros((n, s, cols))
-            sel = self.grader_bucket == b
-            arr[self.grader_block[sel], self.grader_loc[sel]] = v[sel]
-            out.append(arr)
+            arr = np.zeros((n * s, cols))
+            arr[self.bucket_rows[b]] = v[self.bucket_graders[b]]
+            out.append(arr.reshape(n, s, cols))
         return out
 
     def scatter(self, parts: list[FloatArray], cols: int, n: int) -> FloatArray:
         out = np.zeros((n, cols))
         for b, arr in enumerate(parts):
-            sel = self.grader_bucket == b
-            out[sel] = arr[self.grader_block[sel], self.grader_loc[sel]]
+            out[self.bucket_graders[b]] = arr.reshape(-1, cols)[self.bucket_rows[b]]
         return out
 
 
@@ -231,6 +231,7 @@ def _make_blocks(comp: IntArray, n_gr: int) -> _Blocks:
     base = (bucket_offset[gb] + gblock * bucket_size[gb] * bucket_size[gb]).astype(np.int64)
     diag_flat = base + loc * bucket_size[gb] + loc
     pad: list[IntArray] = []
+    graders_of = [np.flatnonzero(gb == b) for b in range(len(uniq))]
     for b in range(len(uniq)):
         s = int(bucket_size[b])
         used = np.zeros((int(bucket_count[b]), s), dtype=bool)
@@ -250,6 +251,8 @@ def _make_blocks(comp: IntArray, n_gr: int) -> _Blocks:
         component=comp.astype(np.int64),
         diag_flat=diag_flat.astype(np.int64),
         pad_flat=np.concatenate(pad).astype(np.int64) if pad else np.zeros(0, dtype=np.int64),
+        bucket_graders=tuple(graders_of),
+        bucket_rows=tuple(gblock[m] * bucket_size[b] + loc[m] for b, m in enumerate(graders_of)),
     )
 
 

@@ -42,7 +42,13 @@ from anchors import (
 )
 from calibrate import MODEL_NAMES, GraderEffect, KRScore, OwnerAchievement, model_from_name
 from service import keys as K  # noqa: N812 - read as "keys"
-from service.auth import SCOPE_OPT, new_api_key, require_scope
+from service.auth import (
+    PUBLISHED_READ_OPT,
+    SCOPE_OPT,
+    auth_middleware,
+    new_api_key,
+    prefetched,
+)
 from service.drift_api import DriftController
 from service.events import EventsController, WebhooksController, WebhookWorker
 from service.ingest import check_id, parse_grades, parse_krs
@@ -340,7 +346,7 @@ class AnchorsController(Controller):
     """The default anchor catalogue and the organisation's own, versioned."""
 
     path = "/v1/orgs/{org:str}/anchors"
-    guards = (require_scope,)
+    opt = {SCOPE_OPT: None}  # noqa: RUF012 - any key of the org; routes name their scope
     tags = ("anchors",)
 
     @get("/default", sync_to_thread=False)
@@ -383,7 +389,7 @@ class KRsController(Controller):
     """Key Results of a cycle, with their evidence."""
 
     path = "/v1/orgs/{org:str}/cycles/{cycle:str}/krs"
-    guards = (require_scope,)
+    opt = {SCOPE_OPT: None}  # noqa: RUF012 - any key of the org; routes name their scope
     tags = ("key results",)
 
     @post(
@@ -510,7 +516,7 @@ class GradesController(Controller):
     """Grades of a cycle: natural key (kr_id, grader_id), history kept."""
 
     path = "/v1/orgs/{org:str}/cycles/{cycle:str}/grades"
-    guards = (require_scope,)
+    opt = {SCOPE_OPT: None}  # noqa: RUF012 - any key of the org; routes name their scope
     tags = ("grades",)
 
     @post(
@@ -617,7 +623,7 @@ class CalibrationsController(Controller):
     """Calibration runs of a cycle: start, follow, publish."""
 
     path = "/v1/orgs/{org:str}/cycles/{cycle:str}/calibrations"
-    guards = (require_scope,)
+    opt = {SCOPE_OPT: None}  # noqa: RUF012 - any key of the org; routes name their scope
     tags = ("calibrations",)
 
     @post("/", opt={SCOPE_OPT: "calibration:run"}, status_code=202)
@@ -763,7 +769,7 @@ class ResultsController(Controller):
     """Calibrated results, from the published run or ``?run_id=``."""
 
     path = "/v1/orgs/{org:str}/cycles/{cycle:str}"
-    guards = (require_scope,)
+    opt = {SCOPE_OPT: None}  # noqa: RUF012 - any key of the org; routes name their scope
     tags = ("results",)
 
     @get("/scores", opt={SCOPE_OPT: "scores:read"})
@@ -837,9 +843,13 @@ class ResultsController(Controller):
         items = [_owner_out(v, rid, state) for _, v in rows]
         return Page(items=await final_owner_view(store, org, cycle, items), next_cursor=nxt)
 
-    @get("/owners/{owner_id:str}", opt={SCOPE_OPT: "hr:read"})
+    @get(
+        "/owners/{owner_id:str}",
+        opt={SCOPE_OPT: "hr:read", PUBLISHED_READ_OPT: ("owners", "owner_id")},
+    )
     async def owner_achievement(
         self,
+        request: Request[Any, Any, Any],
         store: StoreDep,
         org: FromPath[str],
         cycle: FromPath[str],
@@ -849,8 +859,11 @@ class ResultsController(Controller):
         """One owner's achievement with interval and state."""
         _check_cycle(cycle)
         if run_id is None:
-            # the hot path: pointer, lock state and the owner in one round trip
-            published, locked, raw = await store.published_item(org, cycle, "owners", owner_id)
+            # the hot path: the key check read pointer, lock state and owner in its round trip
+            read = prefetched(request, (cycle, "owners", owner_id))
+            if read is None:
+                read = await store.published_item(org, cycle, "owners", owner_id)
+            published, locked, raw = read
             if published is None:
                 raise ProblemError(404, _NOTHING_PUBLISHED.format(cycle=cycle))
             rid: str = published[0]
@@ -867,7 +880,6 @@ class KeysController(Controller):
     """API keys of the organisation (admin scope)."""
 
     path = "/v1/orgs/{org:str}/keys"
-    guards = (require_scope,)
     opt = {SCOPE_OPT: "admin"}  # noqa: RUF012 - litestar merges this dict into each route
     tags = ("api keys",)
 
@@ -962,7 +974,8 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
         },
         state=State({"store": store, "settings": settings, "metrics": metrics}),
         exception_handlers=exception_handlers(),
-        middleware=[metrics_middleware(metrics)],
+        # metrics outermost, so refused requests are counted too
+        middleware=[metrics_middleware(metrics), auth_middleware(store, settings)],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

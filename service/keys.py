@@ -17,9 +17,10 @@ so the Lua scripts that touch several of them stay legal on a cluster)::
     okrcal:{acme}:run:2026Q3:<run>:a1:owners   hash owner -> result (+ :owners:ix zset)
     okrcal:{acme}:published:2026Q3             "run_id:attempt" of the published run
     okrcal:{acme}:catalogue                    hash version -> TOML text, "current" -> version
-    okrcal:{acme}:apikeys                      hash key id -> key record
-    okrcal:{auth}:key:<sha256>                 key record by hash of the secret
-    okrcal:{auth}:rl:<key id>:<second>         per-key request counter
+    okrcal:{acme}:apikeys                      hash key id -> key record (what requests check)
+    okrcal:{acme}:rl:<sha256 prefix>:<second>  per-key request counter
+    okrcal:{auth}:key:<sha256>                 key record by hash of the secret (sign-in, and
+                                               telling a key of another organisation from none)
     okrcal:{queue}:runs                        stream of runs to execute (consumer group)
     okrcal:{acme}:sessions:2026Q3              zset session id -> creation time
     okrcal:{acme}:session:2026Q3:<id>          hash: status, scope record, lock fields
@@ -53,7 +54,6 @@ __all__ = [
     "Collection",
     "OrgKeys",
     "api_key",
-    "rate_counter",
     "web_session",
 ]
 
@@ -83,11 +83,6 @@ def web_session(session_hash: str) -> str:
     In the ``{auth}`` slot with the key records: a session is found before its org is known.
     """
     return f"{_PREFIX}:{{auth}}:web:{session_hash}"
-
-
-def rate_counter(key_id: str, second: int) -> str:
-    """The request counter of one key in one second."""
-    return f"{_PREFIX}:{{auth}}:rl:{key_id}:{second}"
 
 
 class Collection:
@@ -128,6 +123,14 @@ class OrgKeys:
     @property
     def api_keys(self) -> str:
         return f"{self.prefix}:apikeys"
+
+    def rate_counter(self, key_hash: str, second: int) -> str:
+        """The request counter of one key in one second, in the slot of the key's organisation.
+
+        Keyed by the hash of the presented secret, not by the key id it names, so a
+        caller who knows only a key id cannot spend that key's allowance.
+        """
+        return f"{self.prefix}:rl:{key_hash[:24]}:{second}"
 
     def grades(self, cycle: str) -> Collection:
         return Collection(f"{self.prefix}:grades:{cycle}")

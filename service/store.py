@@ -12,6 +12,7 @@ construction; redis-py sends them by SHA and reloads them after a Redis restart.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -26,10 +27,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service import keys as K  # noqa: N812 - short, read as "keys"
 
 __all__ = [
+    "SCRIPTS",
     "ApiKeyRecord",
     "IdempotencyConflictError",
     "Item",
     "ItemKind",
+    "KeyCheck",
+    "PublishedItem",
+    "PublishedRead",
     "RedisStore",
     "ResultPart",
     "Store",
@@ -38,6 +43,11 @@ __all__ = [
 
 ItemKind = Literal["grades", "krs"]
 ResultPart = Literal["owners", "krs", "graders"]
+#: One item of the published run to read along with a key check: cycle, part, item key.
+PublishedRead = tuple[str, ResultPart, str]
+#: What a read of the published run gives: (run id, attempt) or None when nothing is
+#: published, whether the cycle is locked, and the item (None when the run lacks it).
+PublishedItem = tuple[tuple[str, int] | None, bool, bytes | None]
 
 
 class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +61,18 @@ class ApiKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit: int | None = None
     created_us: int = 0
     revoked_us: int | None = None
+
+
+class KeyCheck(msgspec.Struct, frozen=True):
+    """A request's key check: the key's record and this second's request count.
+
+    ``record`` is None when the organisation has no such key, the key is revoked or
+    its secret does not match; ``read`` is the item asked for with the check.
+    """
+
+    record: ApiKeyRecord | None
+    count: int
+    read: PublishedItem | None = None
 
 
 class UpsertCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +105,14 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # API keys
+    async def authorize(
+        self,
+        org: str,
+        key_id: str,
+        key_hash: str,
+        second: int,
+        read: PublishedRead | None = None,
+    ) -> KeyCheck: ...
     async def authenticate(self, key_hash: str, second: int) -> tuple[ApiKeyRecord | None, int]: ...
     async def add_api_key(self, record: ApiKeyRecord) -> None: ...
     async def list_api_keys(self, org: str) -> list[ApiKeyRecord]: ...
@@ -151,7 +181,7 @@ class Store(Protocol):
     async def published_run(self, org: str, cycle: str) -> tuple[tuple[str, int] | None, bool]: ...
     async def published_item(
         self, org: str, cycle: str, part: ResultPart, key: str
-    ) -> tuple[tuple[str, int] | None, bool, bytes | None]: ...
+    ) -> PublishedItem: ...
     async def run_fit(self, org: str, cycle: str, run_id: str, attempt: int) -> bytes | None: ...
     async def result_item(
         self, org: str, cycle: str, run_id: str, attempt: int, part: ResultPart, key: str
@@ -298,29 +328,51 @@ redis.call('HSET', KEYS[1], 'r' .. rev, ARGV[1])
 return rev
 """
 
-# Authentication in one round trip: the key's record and this second's request
-# count. EXPIRE only on the first request of a second, so a busy key costs two calls.
-# KEYS: key record, rate counter (both in the {auth} slot)
-_AUTH = """
-local rec = redis.call('GET', KEYS[1])
+# A request's key check in one round trip, in the slot of the organisation named by
+# the request path: the key's record (by the key id the key carries; the caller
+# compares the hash and the revocation), and this second's request count. EXPIRE
+# only on the first request of a second, so a busy key costs two calls.
+# Given three more keys it also reads one item of the published run, so the hot
+# GET needs no second round trip: the results key is that of the run the caller
+# expects to be published (ARGV[2]); if the pointer names another run (published
+# since), the item is not read and the caller asks again with the key of that run.
+# Every key is declared, and all share the {org} tag (one cluster slot).
+# KEYS: api keys hash, rate counter[, published pointer, cycle, expected results hash]
+# ARGV: key id[, expected pointer "run:attempt", item key]
+_AUTHORIZE = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return {false, 0} end
 local n = redis.call('INCR', KEYS[2])
 if n == 1 then redis.call('EXPIRE', KEYS[2], 2) end
-return {rec, n}
+if #KEYS == 2 then return {rec, n} end
+local p = redis.call('GET', KEYS[3])
+local locked = redis.call('HGET', KEYS[4], 'locked')
+local item = false
+if p and p == ARGV[2] then item = redis.call('HGET', KEYS[5], ARGV[3]) end
+return {rec, n, p, locked, item}
 """
 
-# The hot read (one owner, one KR score of the published run) in one round trip:
-# the published pointer, the lock state, and the item of that run. The result key is
-# completed inside the script from the run prefix; it carries the same {org} tag as
-# KEYS, so it lives in the same cluster slot.
-# KEYS: published, cycle; ARGV: run key prefix, part, item key
+# One item of the published run, without a key check (see _AUTHORIZE for the
+# expected-pointer protocol, which keeps every key declared).
+# KEYS: published pointer, cycle, expected results hash; ARGV: expected pointer, item key
 _READ_PUBLISHED = """
 local p = redis.call('GET', KEYS[1])
 local locked = redis.call('HGET', KEYS[2], 'locked')
-if not p then return {false, locked, false} end
-local sep = string.find(p, ':[^:]*$')
-local key = ARGV[1] .. string.sub(p, 1, sep - 1) .. ':a' .. string.sub(p, sep + 1) .. ':' .. ARGV[2]
-return {p, locked, redis.call('HGET', key, ARGV[3])}
+local item = false
+if p and p == ARGV[1] then item = redis.call('HGET', KEYS[3], ARGV[2]) end
+return {p, locked, item}
 """
+
+#: Every Lua script of the store, for the test that checks they touch declared keys only.
+SCRIPTS: dict[str, str] = {
+    "upsert": _UPSERT,
+    "claim": _CLAIM,
+    "if_owner": _IF_OWNER,
+    "publish": _PUBLISH,
+    "put_catalogue": _PUT_CATALOGUE,
+    "authorize": _AUTHORIZE,
+    "read_published": _READ_PUBLISHED,
+}
 
 _record_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
 _encode = msgspec.msgpack.Encoder().encode
@@ -331,12 +383,50 @@ def _resp(args: Sequence[bytes | str | int]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out += (b"$%d\r\n" % len(data), data, b"\r\n")
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _pointer(raw: bytes | str) -> tuple[str, int]:
+    """A published pointer ``run_id:attempt`` as (run id, attempt)."""
+    run_id, _, attempt = _s(raw).rpartition(":")
+    return run_id, int(attempt)
+
+
+class _Lane:
+    """Connections of one event loop for the per-request commands (key checks, hot reads).
+
+    redis-py's pool checks a connection out through a lock, metrics hooks and a
+    readiness probe of the socket, and with ``socket_timeout`` it sends every command
+    in a task of its own (``asyncio.wait_for``): together more CPU than Redis takes to
+    answer a request's one command. The lane keeps the connections it has used, idle
+    and connected, on a stack; each call is bounded by one timeout around the whole
+    round trip, and a connection is dropped on any failure, so none is ever reused
+    with an answer still unread.
+    """
+
+    __slots__ = ("client", "idle")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.idle: list[Any] = []
+
+    async def close(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            await conn.disconnect()
+            await self.client.connection_pool.release(conn)
+        await self.client.aclose()
+
+
+def _results_key(okeys: K.OrgKeys, cycle: str, pointer: str, part: ResultPart) -> str:
+    """The results hash of the run ``pointer`` names (a key no run has when it is empty)."""
+    run_id, attempt = _pointer(pointer) if pointer else ("-", 0)
+    return okeys.run_part(cycle, run_id, attempt, part)
 
 
 class RedisStore:
@@ -362,8 +452,15 @@ class RedisStore:
         self._if_owner = template.register_script(_IF_OWNER)
         self._publish = template.register_script(_PUBLISH)
         self._put_catalogue = template.register_script(_PUT_CATALOGUE)
-        self._auth = template.register_script(_AUTH)
+        self._authorize = template.register_script(_AUTHORIZE)
         self._read_published = template.register_script(_READ_PUBLISHED)
+        #: Bound on one per-request round trip (the lane's clients have no socket timeout).
+        self.request_timeout = float(self._options["socket_timeout"])
+        self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
+        # The published pointer each (org, cycle) had when last read here: the hot read
+        # names that run's results key up front (a declared key) and asks again only
+        # if the pointer moved. A stale entry costs one round trip, never a wrong answer.
+        self._published_seen: dict[tuple[str, str], str] = {}
 
     @property
     def redis(self) -> Any:
@@ -384,6 +481,12 @@ class RedisStore:
 
     async def close(self) -> None:
         current = asyncio.get_running_loop()
+        lanes, self._lanes = self._lanes, {}
+        for loop, lane in lanes.items():
+            if loop is current:
+                await lane.close()
+            elif not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(lane.close(), loop)
         clients, self._clients = self._clients, {}
         for loop, client in clients.items():
             if loop is current:
@@ -409,13 +512,100 @@ class RedisStore:
         finally:
             await pool.release(conn)
 
+    async def _request_call(self, script: Any, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """EVALSHA ``script`` on the lane of this loop: one round trip, bounded in time."""
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.get(loop)
+        if lane is None:
+            options = {**self._options, "socket_timeout": None}
+            lane = self._lanes[loop] = _Lane(aioredis.Redis.from_url(self.url, **options))
+        packed = _resp(["EVALSHA", script.sha, len(keys), *keys, *args])
+        pool = lane.client.connection_pool
+        for attempt in range(3):
+            reused = bool(lane.idle)
+            conn = lane.idle.pop() if reused else await pool.get_connection()
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    await conn.send_packed_command(packed, check_health=False)
+                    reply = await conn.read_response()
+            except NoScriptError:
+                lane.idle.append(conn)  # the answer was read: the connection is clean
+                if attempt:
+                    raise
+                await self.redis.script_load(script.script)  # Redis restarted or flushed
+                continue
+            except BaseException as exc:
+                await conn.disconnect(nowait=True)
+                await pool.release(conn)
+                if isinstance(exc, TimeoutError):
+                    raise RedisTimeoutError(
+                        f"Redis did not answer within {self.request_timeout:g} s"
+                    ) from exc
+                if reused and isinstance(exc, RedisConnectionError) and attempt < 2:
+                    continue  # closed while idle (Redis restarted): again on a new connection
+                raise
+            lane.idle.append(conn)
+            return reply
+        raise RedisConnectionError("Redis kept dropping the connection")
+
     # --- API keys -------------------------------------------------------------------------
 
+    async def authorize(
+        self,
+        org: str,
+        key_id: str,
+        key_hash: str,
+        second: int,
+        read: PublishedRead | None = None,
+    ) -> KeyCheck:
+        """Check a key of ``org`` and count the request, in one round trip.
+
+        With ``read``, also one item of the published run (still one round trip unless
+        a run was published since this process last looked).
+        """
+        okeys = K.OrgKeys(org)
+        # The counter is keyed by the hash: the key id alone does not spend the allowance.
+        keys = [okeys.api_keys, okeys.rate_counter(key_hash, second)]
+        args = [key_id]
+        if read is not None:
+            cycle, part, item = read
+            seen = self._published_seen.get((org, cycle), "")
+            keys += [
+                okeys.published(cycle),
+                okeys.cycle(cycle),
+                _results_key(okeys, cycle, seen, part),
+            ]
+            args += [seen, item]
+        reply = await self._request_call(self._authorize, keys, args)
+        record = _record_decoder.decode(reply[0]) if reply[0] else None
+        if record is not None and (
+            record.revoked_us is not None
+            or record.org != org
+            or not hmac.compare_digest(record.key_hash, key_hash)
+        ):
+            record = None
+        if read is None or record is None:
+            return KeyCheck(record, int(reply[1]))
+        cycle, part, item = read
+        pointer, locked, value = reply[2], bool(reply[3]), reply[4]
+        if pointer is None:
+            return KeyCheck(record, int(reply[1]), (None, locked, None))
+        if _s(pointer) != seen:  # published since: read the item of the run now published
+            self._remember_published(org, cycle, _s(pointer))
+            return KeyCheck(
+                record, int(reply[1]), await self.published_item(org, cycle, part, item)
+            )
+        return KeyCheck(record, int(reply[1]), (_pointer(pointer), locked, value))
+
     async def authenticate(self, key_hash: str, second: int) -> tuple[ApiKeyRecord | None, int]:
-        # The counter is keyed by the hash, not the key id: the id is known only after the read.
-        keys = [K.api_key(key_hash), K.rate_counter(key_hash[:24], second)]
-        raw, count = await self._auth(client=self.redis, keys=keys, args=[])
-        return (_record_decoder.decode(raw) if raw else None), int(count)
+        # The organisation is not known before the record is read, so this costs two round
+        # trips: the record by hash, then the same check and counter as API requests.
+        raw = await self.redis.get(K.api_key(key_hash))
+        if raw is None:
+            return None, 0
+        found = _record_decoder.decode(raw)
+        check = await self.authorize(found.org, found.key_id, key_hash, second)
+        return check.record, check.count
 
     async def add_api_key(self, record: ApiKeyRecord) -> None:
         blob = _encode(record)
@@ -434,12 +624,13 @@ class RedisStore:
         if raw is None:
             return None
         record = _record_decoder.decode(raw)
-        # Deleting the lookup entry first is what makes the key stop working at once;
-        # the org's list then keeps the record, marked revoked, for audit.
-        await self.redis.delete(K.api_key(record.key_hash))
+        # Requests check the organisation's record, so marking it revoked is what makes
+        # the key stop working at once; the record stays in the list for audit. The
+        # lookup by hash (sign-in) goes next.
         if record.revoked_us is None:
             record = msgspec.structs.replace(record, revoked_us=now_us)
             await self.redis.hset(okeys.api_keys, key_id, _encode(record))
+        await self.redis.delete(K.api_key(record.key_hash))
         return record
 
     # --- cycles ---------------------------------------------------------------------------
@@ -672,22 +863,33 @@ class RedisStore:
             raw, locked = await pipe.execute()
         if raw is None:
             return None, bool(locked)
-        run_id, _, attempt = _s(raw).rpartition(":")
-        return (run_id, int(attempt)), bool(locked)
+        return _pointer(raw), bool(locked)
+
+    def _remember_published(self, org: str, cycle: str, pointer: str) -> None:
+        if len(self._published_seen) >= 10_000:
+            self._published_seen.clear()  # a bound on memory; entries are only hints
+        self._published_seen[(org, cycle)] = pointer
 
     async def published_item(
         self, org: str, cycle: str, part: ResultPart, key: str
-    ) -> tuple[tuple[str, int] | None, bool, bytes | None]:
+    ) -> PublishedItem:
         okeys = K.OrgKeys(org)
-        pointer, locked, value = await self._read_published(
-            client=self.redis,
-            keys=[okeys.published(cycle), okeys.cycle(cycle)],
-            args=[okeys.run_prefix(cycle), part, key],
-        )
-        if pointer is None:
-            return None, bool(locked), None
-        run_id, _, attempt = _s(pointer).rpartition(":")
-        return (run_id, int(attempt)), bool(locked), value
+        for _ in range(5):
+            seen = self._published_seen.get((org, cycle), "")
+            keys = [
+                okeys.published(cycle),
+                okeys.cycle(cycle),
+                _results_key(okeys, cycle, seen, part),
+            ]
+            pointer, locked, value = await self._request_call(
+                self._read_published, keys, [seen, key]
+            )
+            if pointer is None:
+                return None, bool(locked), None
+            if _s(pointer) == seen:
+                return _pointer(pointer), bool(locked), value
+            self._remember_published(org, cycle, _s(pointer))  # published since: ask again
+        raise RedisTimeoutError(f"cycle {cycle!r} is being published over and over; try again")
 
     async def run_fit(self, org: str, cycle: str, run_id: str, attempt: int) -> bytes | None:
         raw: bytes | None = await self.redis.get(

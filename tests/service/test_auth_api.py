@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from calibrate import OwnerAchievement
 from service.store import RedisStore
 from tests.conftest import new_org
 from tests.service.conftest import make_key
@@ -142,3 +144,47 @@ async def test_rate_limit_answers_429_with_retry_after(
             assert r.headers["retry-after"] == "1"
     assert 429 in statuses
     assert statuses[0] == 200
+
+
+async def test_owner_read_checks_the_key_in_its_one_round_trip(
+    client: Client, store: RedisStore, org: str
+) -> None:
+    # the owner GET reads the key, the rate counter and the owner in one script:
+    # every decision must still be the guard's, in the same order
+    owner = msgspec.msgpack.encode(
+        OwnerAchievement(
+            owner_id="o1", n_krs=2, achievement=0.5, std_error=0.1, ci_low=0.3, ci_high=0.7
+        )
+    )
+    fields = {"run_id": "r1", "status": "done", "created_at": "0", "result_attempt": "1"}
+    await store.create_run(org, "c1", "r1", fields)
+    await store.save_results(org, "c1", "r1", 1, b"fit", {"owners": [("o1", owner)]})
+    assert await store.publish_run(org, "c1", "r1") == "ok"
+    url = f"/v1/orgs/{org}/cycles/c1/owners/o1"
+    admin = await make_key(store, org, "admin")
+    r = await client.get(url, headers=admin)
+    assert r.status_code == 200, r.text
+    assert (r.json()["run_id"], r.json()["achievement"]) == ("r1", 0.5)
+
+    reader = await make_key(store, org, "hr:read", rate_limit=2)
+    key = reader["Authorization"].removeprefix("Bearer ")
+    forged = {"Authorization": f"Bearer {key[:-4]}AAAA"}  # a real key id, a wrong secret
+    assert (await client.get(url, headers=forged)).status_code == 401
+    statuses = [(await client.get(url, headers=reader)).status_code for _ in range(4)]
+    assert statuses[0] == 200
+    assert 429 in statuses
+    r = await client.get(url, headers=await make_key(store, org, "scores:read"))
+    assert r.status_code == 403
+    r = await client.get(url, headers=await make_key(store, new_org(), "admin"))
+    assert r.status_code == 404
+    assert "no organisation" in r.json()["detail"]
+    assert (await client.get(f"{url}?run_id=r1", headers=admin)).status_code == 200
+    assert (
+        await client.get(f"/v1/orgs/{org}/cycles/c1/owners/o9", headers=admin)
+    ).status_code == 404
+
+    key_id = key.split("_")[1]
+    assert (await client.delete(f"/v1/orgs/{org}/keys/{key_id}", headers=admin)).status_code == 200
+    r = await client.get(url, headers=reader)
+    assert r.status_code == 401  # revoked: refused at once
+    assert r.headers["content-type"].startswith("application/problem+json")

@@ -1,10 +1,16 @@
-"""The Redis store below the HTTP layer: scripts survive a Redis that forgot them."""
+"""The Redis store below the HTTP layer: scripts, key checks, cluster slots, hot reads."""
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
-from service.store import RedisStore
+import pytest
+
+from service.auth import hash_key, new_api_key
+from service.store import SCRIPTS, RedisStore
+from tests.conftest import new_org
 
 
 async def test_upsert_reloads_its_script_after_script_flush(store: RedisStore, org: str) -> None:
@@ -28,3 +34,102 @@ async def test_saved_results_read_back_in_key_order(store: RedisStore, org: str)
     rest = await store.result_page(org, "c1", "run1", 1, "krs", page[-1][0], 10_000)
     assert len(rest) == 7000
     assert await store.result_item(org, "c1", "run1", 1, "krs", "k11999") == b"r11999"
+
+
+async def _publish(
+    store: RedisStore, org: str, cycle: str, run_id: str, owners: dict[str, bytes]
+) -> None:
+    fields = {"run_id": run_id, "status": "done", "created_at": "0", "result_attempt": "1"}
+    await store.create_run(org, cycle, run_id, fields)
+    await store.save_results(org, cycle, run_id, 1, b"fit", {"owners": list(owners.items())})
+    assert await store.publish_run(org, cycle, run_id) == "ok"
+
+
+_COMMAND = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*,\s*([^,)]+)")
+
+
+def test_every_script_touches_only_keys_it_declares() -> None:
+    # Redis Cluster routes a script by its KEYS: a key built inside the script may live
+    # in another slot (and another node). Every command the scripts call takes its key
+    # first, so that argument must be KEYS[n].
+    calls = [(name, *m) for name, src in SCRIPTS.items() for m in _COMMAND.findall(src)]
+    assert len(calls) > 20  # the pattern does find the calls
+    undeclared = [c for c in calls if not re.fullmatch(r"KEYS\[\d+\]", c[2].strip())]
+    assert undeclared == []
+
+
+def _tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: the first non-empty {...}, else all of it."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+async def test_request_scripts_keep_to_one_slot_and_follow_a_new_publication(
+    store: RedisStore, org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, record = new_api_key(org, ["hr:read"])
+    await store.add_api_key(record)
+    key_id, key_hash, now = record.key_id, hash_key(key), int(time.time())
+    seen_keys: list[list[str]] = []
+    real_call = store._request_call
+
+    async def spy(script: Any, keys: Any, args: Any) -> Any:
+        seen_keys.append(list(keys))
+        return await real_call(script, keys, args)
+
+    monkeypatch.setattr(store, "_request_call", spy)
+
+    nothing = await store.authorize(org, key_id, key_hash, now, ("c1", "owners", "o1"))
+    assert nothing.record == record
+    assert nothing.read == (None, False, None)
+
+    await _publish(store, org, "c1", "r1", {"o1": b"first"})
+    check = await store.authorize(org, key_id, key_hash, now, ("c1", "owners", "o1"))
+    assert check.read == (("r1", 1), False, b"first")
+    calls_before = len(seen_keys)
+    again = await store.authorize(org, key_id, key_hash, now, ("c1", "owners", "o1"))
+    assert again.read == (("r1", 1), False, b"first")
+    assert len(seen_keys) == calls_before + 1  # the pointer was known: one round trip
+
+    # another process publishes another run: the next read follows it at once
+    other = RedisStore(store.url)
+    try:
+        await _publish(other, org, "c1", "r2", {"o1": b"second"})
+    finally:
+        await other.close()
+    moved = await store.authorize(org, key_id, key_hash, now, ("c1", "owners", "o1"))
+    assert moved.read == (("r2", 1), False, b"second")
+    assert moved.count == 4  # every check counted in the same second
+    assert await store.published_item(org, "c1", "owners", "o9") == (("r2", 1), False, None)
+
+    assert seen_keys
+    for keys in seen_keys:
+        assert {_tag(k) for k in keys} == {org}, keys
+
+
+async def test_authorize_refuses_wrong_secrets_revoked_keys_and_other_orgs(
+    store: RedisStore, org: str
+) -> None:
+    key, record = new_api_key(org, ["admin"])
+    await store.add_api_key(record)
+    now = int(time.time())
+    assert (await store.authorize(org, record.key_id, hash_key(key), now)).record == record
+    # the key id alone is not enough
+    wrong = await store.authorize(org, record.key_id, hash_key(key + "x"), now)
+    assert wrong.record is None
+    # nor is the right key in another organisation's path
+    assert (await store.authorize(new_org(), record.key_id, hash_key(key), now)).record is None
+    assert (await store.authenticate(hash_key(key), now))[0] == record
+    await store.revoke_api_key(org, record.key_id, 1)
+    assert (await store.authorize(org, record.key_id, hash_key(key), now)).record is None
+    assert (await store.authenticate(hash_key(key), now))[0] is None
+
+
+async def test_request_calls_survive_a_script_flush(store: RedisStore, org: str) -> None:
+    key, record = new_api_key(org, ["admin"])
+    await store.add_api_key(record)
+    now = int(time.time())
+    assert (await store.authorize(org, record.key_id, hash_key(key), now)).count == 1
+    await store.redis.script_flush()
+    assert (await store.authorize(org, record.key_id, hash_key(key), now)).count == 2

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--data-dir", help="directory of the embedded Redis (default ./data)")
-    parser.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    parser.add_argument("--workers", type=int, help="HTTP worker processes (default 2)")
     parser.add_argument(
         "--run-workers", type=int, help="calibration workers per process (default 1; 0 = none)"
     )

@@ -10,7 +10,7 @@ variable                  meaning                                     default
 ``OKRCAL_DATA_DIR``       data directory of the embedded Redis        ``./data``
 ``OKRCAL_HOST``           address to listen on                        ``127.0.0.1``
 ``OKRCAL_PORT``           port to listen on                           ``8080``
-``OKRCAL_WORKERS``        HTTP worker processes                       ``1``
+``OKRCAL_WORKERS``        HTTP worker processes                       ``2``
 ``OKRCAL_RUN_WORKERS``    calibration workers inside the service      ``1``
 ``OKRCAL_MAX_BODY``       largest request body, bytes                 ``33554432``
 ``OKRCAL_RATE_LIMIT``     requests per second per API key             ``20000``
@@ -48,7 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     data_dir: str = "data"
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
+    #: HTTP worker processes; two beat one on the 2-core target (benchmarks/RESULTS.md, HTTP).
+    workers: int = 2
     #: Calibration workers run inside the service process (0 = only ``okrcal worker``).
     run_workers: int = 1
     max_body_bytes: int = 32 * 1024 * 1024

@@ -1089,11 +1089,12 @@ def grade_fit_variance(fit: CrossedFit) -> FloatArray:
     c = st.c[d.kr]
     s = d.coef
     q, r = _pair_quadratics(fit)
+    sc, s2 = s / c, s * s
     sinv_jj = fit.s_inv[d.blocks.diag_flat][d.gr]
-    out = sinv_jj - 2.0 * (s / c) * r[d.pair_idx] + (s * s) * q[d.kr] / (c * c) + s * s / c
+    out = sinv_jj - 2.0 * sc * r[d.pair_idx] + s2 * q[d.kr] / (c * c) + s2 / c
     if d.p:
         HZ = np.asarray(d.Zw.T @ st.H)
-        E = d.X - st.H[d.gr] + (s / c)[:, None] * (HZ[d.kr] - st.A[d.kr])
+        E = d.X - st.H[d.gr] + sc[:, None] * (HZ - st.A)[d.kr]
         Tinv = _f64(np.linalg.inv(st.T))
         out = out + ((E @ Tinv) * E).sum(1)
     result: FloatArray = out * fit.var_resid

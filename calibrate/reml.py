@@ -907,15 +907,21 @@ def fit_crossed(
 
     nu = d.n_obs + d.n_ev - d.p
     last: list[_Solved] = []
+    # L-BFGS-B's line search, near the optimum, returns to points it has evaluated
+    # already: their values are remembered (exactly the same numbers, no solve)
+    seen: dict[bytes, tuple[float, FloatArray]] = {}
 
     def f(x: FloatArray) -> tuple[float, FloatArray]:
         # per-observation deviance keeps gradients O(1) whatever the size of the data;
         # a failed evaluation is a large finite value so line searches back off
         full = np.concatenate([x, [0.0] * (3 - n_par)])
-        try:
-            dev, grad = _deviance_and_gradient(d, full, last)
-        except np.linalg.LinAlgError:
-            return 1e10, np.zeros(n_par)
+        key = full.tobytes()
+        if key not in seen:
+            try:
+                seen[key] = _deviance_and_gradient(d, full, last)
+            except np.linalg.LinAlgError:
+                return 1e10, np.zeros(n_par)
+        dev, grad = seen[key]
         return dev / nu, grad[:n_par] / nu
 
     def f_only(x: FloatArray) -> float:

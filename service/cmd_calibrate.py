@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import operator
 import os
 import re
@@ -43,7 +44,8 @@ from typing import Final, TextIO
 import msgspec
 import numpy as np
 
-from anchors import EvidenceProblem, Scale, ScaleError, check_outcome, grade_many, parse_scale
+from anchors import EvidenceProblem, Scale, ScaleError, check_outcome, parse_scale
+from anchors.evidence import grade_columns
 from calibrate import (
     MODEL_NAMES,
     CalibrateError,
@@ -370,14 +372,18 @@ def _calibrate_to_dir(
                 f"{len(ungraded)} KR(s) in {krs.name} have no grades and were ignored "
                 f"(first: {', '.join(repr(k) for k in ungraded[:3])})"
             )
-        found, problems = grade_many(k for k in kr_rows.key_results if k.kr_id in graded)
-        evidence = {k: g.grade for k, g in found.items()}
+        # every row at once, then only the KRs that have grades are used
+        batch = grade_columns(kr_rows.evidence)
+        ids = kr_rows.evidence.kr_id
+        use = np.isfinite(batch.grade)
+        use[use] = [ids[i] in graded for i in np.flatnonzero(use).tolist()]
+        evidence = dict(zip(itertools.compress(ids, use), batch.grade[use].tolist(), strict=True))
         evidence_warnings = [
             EvidenceWarning(kr_id=k, message=text)
-            for k, g in sorted(found.items())
-            for text in g.warnings
+            for k, texts in sorted((ids[i], w) for i, w in batch.warnings.items() if use[i])
+            for text in texts
         ]
-        notes = _evidence_notes(kr_rows, [*kr_rows.problems, *problems], graded)
+        notes = _evidence_notes(kr_rows, batch.problems, graded)
         outcome_flags = _outcome_flags(kr_rows, graded)
         clock.lap("evidence")
 

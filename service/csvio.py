@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import gc
 import hashlib
 import io
@@ -46,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anchors.errors import EvidenceError
-from anchors.evidence import EvidenceProblem
+from anchors.evidence import EvidenceColumns, EvidenceProblem
 from anchors.kr import DIRECTIONS, EVIDENCE_FIELDS, KR_TYPES, Direction, KeyResult, KRType
 from anchors.scales import Scale
 from calibrate import MAX_ID_LENGTH, GradeTable, InputError
@@ -839,19 +840,53 @@ def grades_from_columns(cols: CsvColumns) -> GradeColumns:
 class KeyResultRows:
     """The Key Results of a KRS.csv.
 
-    ``key_results`` go to :func:`anchors.grade_many`. A KR whose evidence could not
-    even be represented (a non-finite number, a negative tolerance) is left out of it
-    and reported in ``problems``; its owner, weight and
-    description still count.
+    ``evidence`` holds every row's evidence, in file order, for
+    :func:`anchors.evidence.grade_columns`. ``key_results`` are the rows with some
+    evidence as :class:`~anchors.kr.KeyResult` values (for :func:`anchors.grade_many`),
+    made on first use. A KR whose evidence could not even be represented (a
+    non-finite number, a negative tolerance) is left out of them and reported in
+    ``problems``; its owner, weight and description still count.
     """
 
     source: CsvColumns
-    key_results: list[KeyResult]
-    problems: list[EvidenceProblem]
+    evidence: EvidenceColumns
     owners: dict[str, str]
     weights: dict[str, float]
     descriptions: dict[str, str]
     row_of: dict[str, int] = field(default_factory=dict)
+    org_units: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def _built(self) -> tuple[list[KeyResult], list[EvidenceProblem]]:
+        key_results: list[KeyResult] = []
+        problems: list[EvidenceProblem] = []
+        ev = self.evidence
+        for i, kr_id in enumerate(ev.kr_id):
+            if all(getattr(ev, name)[i] is None for name in EVIDENCE_FIELDS):
+                continue
+            try:
+                key_results.append(
+                    ev.key_result(
+                        i,
+                        owner_id=self.owners.get(kr_id),
+                        description=self.descriptions.get(kr_id),
+                        weight=self.weights.get(kr_id),
+                        org_unit=self.org_units.get(kr_id),
+                    )
+                )
+            except EvidenceError as exc:
+                problems.append(EvidenceProblem.from_error(exc))
+        return key_results, problems
+
+    @property
+    def key_results(self) -> list[KeyResult]:
+        """The KRs with some evidence that could be represented, in file order."""
+        return self._built[0]
+
+    @property
+    def problems(self) -> list[EvidenceProblem]:
+        """One problem per KR whose evidence could not even be represented."""
+        return self._built[1]
 
 
 def _first(values: Iterable[object], bad: Callable[[Any], bool]) -> int:
@@ -864,12 +899,17 @@ def _optional_floats(cols: CsvColumns, name: str) -> list[float | None]:
     values = cols.columns.get(name)
     if values is None or not any(values):
         return [None] * cols.n_rows
+    full = "" not in values
     try:
         # "nan" stands in for empty cells only to keep the conversion in one numpy call
-        numbers = np.array([v or "nan" for v in values], dtype=np.float64).tolist()
+        numbers = np.array(
+            values if full else [v or "nan" for v in values], dtype=np.float64
+        ).tolist()
     except ValueError:
         i = _first(values, lambda v: v != "" and not _is_float(v))
         raise cols.error(_not_a_number(values[i]), row=i + 1, column=name) from None
+    if full:
+        return numbers  # type: ignore[no-any-return]
     return [x if v else None for v, x in zip(values, numbers, strict=True)]
 
 
@@ -906,7 +946,9 @@ def _optional_choices(
     values = cols.columns.get(name)
     if values is None or not any(values):
         return [None] * cols.n_rows
-    out = [allowed.get(v.lower()) for v in values]
+    # a few distinct texts, each looked up once
+    meaning = {v: allowed.get(v.lower()) for v in set(values)}
+    out = list(map(meaning.__getitem__, values))
     if None in out:
         for i, (v, x) in enumerate(zip(values, out, strict=True)):
             if v and x is None:
@@ -979,47 +1021,38 @@ def key_results_from_columns(cols: CsvColumns) -> KeyResultRows:
             column="weight",
         )
 
-    # Presence is read from the text: a 0 or a "no" is evidence too.
-    no_cells = [""] * cols.n_rows
-    evidence_columns = [cols.columns.get(name, no_cells) for name in EVIDENCE_FIELDS]
-    key_results: list[KeyResult] = []
-    problems: list[EvidenceProblem] = []
-    for i, has_evidence in enumerate(map(any, zip(*evidence_columns, strict=True))):
-        if not has_evidence:
-            continue
-        try:
-            key_results.append(
-                KeyResult(
-                    kr_id=kr_ids[i],
-                    owner_id=owners[i],
-                    kr_type=kr_types[i],
-                    baseline=numbers["baseline"][i],
-                    target=numbers["target"][i],
-                    actual=numbers["actual"][i],
-                    milestones_done=counts["milestones_done"][i],
-                    milestones_total=counts["milestones_total"][i],
-                    done=done[i],
-                    threshold=numbers["threshold"][i],
-                    tolerance=numbers["tolerance"][i],
-                    direction=directions[i],
-                    description=descriptions[i],
-                    weight=weights[i],
-                    org_unit=units[i],
-                )
-            )
-        except EvidenceError as exc:
-            if exc.field not in EVIDENCE_FIELDS and exc.field != "tolerance":
-                raise cols.error(exc.problem, row=i + 1, column=exc.field) from None
-            problems.append(EvidenceProblem.from_error(exc))
+    evidence = EvidenceColumns(
+        kr_id=kr_ids,
+        kr_type=kr_types,
+        baseline=numbers["baseline"],
+        target=numbers["target"],
+        actual=numbers["actual"],
+        milestones_done=counts["milestones_done"],
+        milestones_total=counts["milestones_total"],
+        done=done,
+        threshold=numbers["threshold"],
+        tolerance=numbers["tolerance"],
+        direction=directions,
+    )
     return KeyResultRows(
         source=cols,
-        key_results=key_results,
-        problems=problems,
-        owners={k: o for k, o in zip(kr_ids, owners, strict=True) if o is not None},
-        weights={k: w for k, w in zip(kr_ids, weights, strict=True) if w is not None},
-        descriptions={k: d for k, d in zip(kr_ids, descriptions, strict=True) if d is not None},
+        evidence=evidence,
+        owners=_given(kr_ids, owners),
+        weights=_given(kr_ids, weights),
+        descriptions=_given(kr_ids, descriptions),
         row_of=dict(zip(kr_ids, range(1, len(kr_ids) + 1), strict=True)),
+        org_units=_given(kr_ids, units),
     )
+
+
+def _given(kr_ids: list[str], values: list[_T | None]) -> dict[str, _T]:
+    """KR id -> value, for the KRs with a value."""
+    missing = values.count(None)
+    if missing == len(values):
+        return {}
+    if missing == 0:
+        return dict(zip(kr_ids, values, strict=True))  # type: ignore[arg-type]
+    return {k: v for k, v in zip(kr_ids, values, strict=True) if v is not None}
 
 
 # --------------------------------------------------------------------------- the table

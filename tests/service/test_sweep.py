@@ -217,3 +217,13 @@ async def test_worker_loop_sweeps_and_runs_the_lost_run(store: RedisStore, org: 
                 await anyio.sleep(0.05)
             stop.set()
     assert (run["status"], run["requeues"], run["attempts"]) == ("done", "1", "1"), run
+
+
+async def test_runs_are_read_in_chunks(
+    store: RedisStore, org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.runs._SWEEP_CHUNK", 2)
+    for i in range(7):
+        await _run(store, org, f"r{i}", status="queued" if i in (1, 2, 6) else "done")
+    report = await _sweep(store, org)
+    assert sorted(report.requeued) == [f"{org}/c1/r{i}" for i in (1, 2, 6)]

@@ -99,6 +99,7 @@ class Run:
     stdout: str
     note: str = ""
     cpu: float | None = None
+    stderr: str = ""
 
 
 def _parse_time_v(text: str) -> tuple[float | None, int | None, float | None]:
@@ -152,8 +153,8 @@ def timed(
         wall, rss, cpu = _parse_time_v(Path(tf.name).read_text())
     if proc.returncode != 0:
         tail = (err.strip().splitlines() or ["no message"])[-1]
-        return Run(False, wall, rss, out, f"exit {proc.returncode}: {tail[:200]}", cpu)
-    return Run(True, wall, rss, out, cpu=cpu)
+        return Run(False, wall, rss, out, f"exit {proc.returncode}: {tail[:200]}", cpu, err)
+    return Run(True, wall, rss, out, cpu=cpu, stderr=err)
 
 
 def _json_line(text: str) -> dict[str, Any]:
@@ -410,6 +411,7 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
             str(grades),
             "--out",
             str(work / "o1"),
+            "--timings",
         ],
         "okrcal calibrate --model fixed": [
             OKRCAL,
@@ -419,6 +421,7 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
             "fixed",
             "--out",
             str(work / "o2"),
+            "--timings",
         ],
         "okrcal calibrate --krs (additive, with evidence)": [
             OKRCAL,
@@ -428,10 +431,12 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
             str(krs),
             "--out",
             str(work / "o3"),
+            "--timings",
         ],
         "pyfixest feols + fixef": [PY, str(HERE), "_pyfixest", str(grades), str(work / "pf")],
     }
     runs: dict[str, list[Run]] = {k: [] for k in jobs}
+    load_before = os.getloadavg()
     for i in range(reps):
         for name, cmd in jobs.items():
             for d in ("o1", "o2", "o3", "pf"):
@@ -441,7 +446,11 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
             print(
                 f"  b rep {i + 1}: {name}: {_fmt_s(r.wall)} {r.note}", file=sys.stderr, flush=True
             )
+    load = "/".join(f"{x:.2f}" for x in load_before)
+    load_after = "/".join(f"{x:.2f}" for x in os.getloadavg())
     out += [
+        f"- load average (1/5/15 min) before the runs {load}, after {load_after}: on a "
+        "loaded machine compare CPU time, not wall time",
         "",
         "| job | runs ok | median wall | walls | median CPU (user+sys) | median max RSS |",
         "|---|---|---|---|---|---|",
@@ -457,6 +466,7 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
             f"| {name} | {len(ok)}/{len(rs)} | {_fmt_s(med[name])} | {walls} | {_fmt_s(cpu)} | "
             f"{_mib(None if rss is None else int(rss))} |"
         )
+    out += _phase_table({k: v for k, v in runs.items() if k.startswith("okrcal")})
     a, p = med["okrcal calibrate (additive)"], med["pyfixest feols + fixef"]
     out.append("")
     if a is not None and p is not None:
@@ -469,6 +479,51 @@ def part_b(work: Path, reps: int, timeout: float) -> list[str]:
         )
     else:
         out.append("- speed-up: n/a (a job failed; see the table)")
+    return out
+
+
+_TIMINGS = "okrcal calibrate: timings: seconds wall/CPU: "
+
+
+def _phases(run: Run) -> dict[str, tuple[float | None, float]]:
+    """The per-phase (wall, CPU) seconds that ``okrcal calibrate --timings`` printed."""
+    for line in run.stderr.splitlines():
+        if line.startswith(_TIMINGS):
+            out: dict[str, tuple[float | None, float]] = {}
+            for part in line[len(_TIMINGS) :].split("; "):
+                name, _, figures = part.rpartition(" ")
+                wall, cpu = figures.split("/")
+                out[name] = (None if wall == "-" else float(wall), float(cpu))
+            return out
+    return {}
+
+
+def _phase_table(runs: dict[str, list[Run]]) -> list[str]:
+    """Median CPU seconds (and wall) of each phase of the okrcal jobs, as they report them."""
+    per_job = {name: [_phases(r) for r in rs if r.ok] for name, rs in runs.items()}
+    names: list[str] = []
+    for found in per_job.values():
+        for phases in found:
+            names += [n for n in phases if n not in names]
+    if not names:
+        return []
+    out = [
+        "",
+        "Phases of the okrcal jobs (`--timings`; median CPU s, wall s in brackets; start-up "
+        "is the CPU of interpreter start and imports):",
+        "",
+        "| job | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for job, found in per_job.items():
+        cells = []
+        for n in names:
+            cpu = _med([p[n][1] for p in found if n in p])
+            wall = _med([p[n][0] for p in found if n in p])
+            cells.append(
+                "" if cpu is None else f"{cpu:.2f}" + ("" if wall is None else f" ({wall:.2f})")
+            )
+        out.append(f"| {job} | " + " | ".join(cells) + " |")
     return out
 
 

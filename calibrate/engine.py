@@ -827,48 +827,60 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
                 gi, minlength=n_gr
             )
 
+    # per-grader columns as Python values, read once (element access to numpy is slow)
+    len_l, lse_l, z_l = est.leniency.tolist(), est.leniency_se.tolist(), est.z.tolist()
+    p_l, q_l, sq_l = pvals.tolist(), q.tolist(), sq.tolist()
+    m_l, nlink_l, comp_l = m.tolist(), graph.n_linking.tolist(), graph.grader_comp.tolist()
+    linked_l, testable_l, s_testable_l = (
+        graph.grader_linked.tolist(),
+        testable.tolist(),
+        s_testable.tolist(),
+    )
+    scale_l = None if est.scale is None else est.scale.tolist()
+    scale_se_l = None if est.scale_se is None else est.scale_se.tolist()
+    infit_l = None if infit is None else infit.tolist()
+    outfit_l = None if outfit is None else outfit.tolist()
+    baseline = isinstance(model, MeanModel | ZScoreModel)
     graders = []
     for j, gid in enumerate(t.grader_ids):
-        lin = float(est.leniency[j])
-        se = float(est.leniency_se[j])
+        lin = len_l[j]
+        se = lse_l[j]
         reason = None
         flag: GraderFlag = "ok"
         if not math.isfinite(lin):
             flag = "insufficient_data"
-            if not graph.grader_linked[j] and not isinstance(model, MeanModel | ZScoreModel):
+            if not linked_l[j] and not baseline:
                 reason = _NOT_LINKED
-            elif est.kr_reason and not isinstance(model, MeanModel | ZScoreModel):
+            elif est.kr_reason and not baseline:
                 reason = est.kr_reason
             else:
                 reason = "fewer than 2 grades"
-        elif not testable[j]:
+        elif not testable_l[j]:
             flag = "insufficient_data"
             reason = (
-                f"{int(graph.n_linking[j])} linking grade(s), fewer than the "
-                f"{model.min_linked} needed to flag"
+                f"{nlink_l[j]} linking grade(s), fewer than the {model.min_linked} needed to flag"
             )
         else:
-            flag = _flag(lin, float(q[j]), model.fdr, min_eff, est, j, float(sq[j]), min_scale)
-        scale_v = None if est.scale is None else _opt(float(est.scale[j]))
+            flag = _flag(lin, q_l[j], model.fdr, min_eff, est, j, sq_l[j], min_scale)
         graders.append(
             GraderEffect(
                 grader_id=gid,
-                n_grades=int(m[j]),
-                n_linking=int(graph.n_linking[j]),
-                component=int(graph.grader_comp[j]),
+                n_grades=m_l[j],
+                n_linking=nlink_l[j],
+                component=comp_l[j],
                 leniency=_opt(lin),
                 std_error=_opt(se) if math.isfinite(lin) else None,
                 ci_low=_opt(lin - zc * se) if math.isfinite(lin) else None,
                 ci_high=_opt(lin + zc * se) if math.isfinite(lin) else None,
-                z=_opt(float(est.z[j])),
-                p_value=_opt(float(pvals[j])),
-                q_value=_opt(float(q[j])),
+                z=_opt(z_l[j]),
+                p_value=_opt(p_l[j]),
+                q_value=_opt(q_l[j]),
                 flag=flag,
-                scale=scale_v,
-                scale_std_error=None if est.scale_se is None else _opt(float(est.scale_se[j])),
-                scale_q_value=_opt(float(sq[j])) if s_testable[j] else None,
-                infit=None if infit is None else _opt(float(infit[j])),
-                outfit=None if outfit is None else _opt(float(outfit[j])),
+                scale=None if scale_l is None else _opt(scale_l[j]),
+                scale_std_error=None if scale_se_l is None else _opt(scale_se_l[j]),
+                scale_q_value=_opt(sq_l[j]) if s_testable_l[j] else None,
+                infit=None if infit_l is None else _opt(infit_l[j]),
+                outfit=None if outfit_l is None else _opt(outfit_l[j]),
                 reason=reason,
             )
         )

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.auth import hash_key, new_api_key
+from service.embedded import EmbeddedRedis
 from service.store import SCRIPTS, RedisStore
 from tests.conftest import new_org
 
@@ -133,3 +140,46 @@ async def test_request_calls_survive_a_script_flush(store: RedisStore, org: str)
     assert (await store.authorize(org, record.key_id, hash_key(key), now)).count == 1
     await store.redis.script_flush()
     assert (await store.authorize(org, record.key_id, hash_key(key), now)).count == 2
+
+
+async def test_a_hung_redis_answers_in_bounded_time_then_recovers(tmp_path: Path, org: str) -> None:
+    # the per-request connection has no socket timeout of redis-py's: one timeout bounds
+    # each round trip, and a connection that timed out is not reused
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    store = RedisStore(url)
+    try:
+        key, record = new_api_key(org, ["admin"])
+        await store.add_api_key(record)
+        now = int(time.time())
+        assert (await store.authorize(org, record.key_id, hash_key(key), now)).record == record
+        store.request_timeout = 0.3
+        pid = int((tmp_path / "redis" / "redis.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await store.authorize(org, record.key_id, hash_key(key), now)
+            assert time.monotonic() - started < 2
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (await store.authorize(org, record.key_id, hash_key(key), now)).record == record
+    finally:
+        await store.close()
+        server.stop()
+
+
+def test_request_calls_on_uvloop(redis_url: str, org: str) -> None:
+    # granian runs the app on uvloop, whose transports differ from asyncio's
+    async def calls() -> list[int]:
+        store = RedisStore(redis_url)
+        try:
+            key, record = new_api_key(org, ["admin"])
+            await store.add_api_key(record)
+            now = int(time.time())
+            checks = [store.authorize(org, record.key_id, hash_key(key), now) for _ in range(50)]
+            return sorted([c.count for c in await asyncio.gather(*checks)])
+        finally:
+            await store.close()
+
+    assert uvloop.run(calls()) == list(range(1, 51))  # 50 pipelined checks, each counted once

@@ -409,14 +409,21 @@ class _Pipe(asyncio.Protocol):
     more CPU than Redis takes to answer. Here concurrent requests write their commands
     to one connection and wait on a future each; replies come back in the order the
     commands went out (Redis answers each connection in order), parsed by hiredis as
-    they arrive, several per read. A request that gives up (timeout, client gone)
-    leaves its future cancelled and its reply is dropped when it comes.
+    they arrive, several per read. A request that gives up (client gone) leaves its
+    future cancelled and its reply is dropped when it comes.
+
+    The bound on a Redis that stops answering is one watchdog per connection rather
+    than a timer per request: the oldest command waiting is the first to be answered,
+    so when it is older than ``timeout`` every command waiting fails with a timeout
+    and the connection is closed (the next request opens another).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self.watchdog: asyncio.TimerHandle | None = None
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -426,31 +433,48 @@ class _Pipe(asyncio.Protocol):
         try:
             self.reader.feed(data)
             while (reply := self.reader.gets()) is not False:
-                waiter = self.waiting.popleft()  # IndexError: a reply nobody asked for
+                _, waiter = self.waiting.popleft()  # IndexError: a reply nobody asked for
                 if not waiter.done():
                     waiter.set_result(reply)
         except (hiredis.ProtocolError, IndexError):
-            self.close()
+            self.close(RedisConnectionError("Redis sent what was not asked for"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        while self.waiting:
-            waiter = self.waiting.popleft()
-            if not waiter.done():
-                waiter.set_exception(RedisConnectionError(f"Redis connection lost: {exc or 'EOF'}"))
+        self.close(RedisConnectionError(f"Redis connection lost: {exc or 'EOF'}"))
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """Write one packed command; the future gets its reply."""
         assert self.transport is not None
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append((loop.time() + self.timeout, waiter))
         self.transport.write(packed)
+        if self.watchdog is None:
+            self.watchdog = loop.call_later(min(1.0, self.timeout / 4), self._watch)
         return waiter
 
-    def close(self) -> None:
+    def _watch(self) -> None:
+        self.watchdog = None
+        if not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        if self.waiting[0][0] <= loop.time():
+            self.close(RedisTimeoutError(f"Redis did not answer within {self.timeout:g} s"))
+        else:
+            self.watchdog = loop.call_later(min(1.0, self.timeout / 4), self._watch)
+
+    def close(self, error: Exception) -> None:
+        """Fail every command waiting with ``error`` and close the connection."""
         self.lost = True
+        while self.waiting:
+            _, waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if self.transport is not None:
-            self.transport.close()  # connection_lost fails whatever still waits
+            self.transport.close()
 
 
 def _results_key(okeys: K.OrgKeys, cycle: str, pointer: str, part: ResultPart) -> str:
@@ -520,10 +544,11 @@ class RedisStore:
                     loop.call_soon_threadsafe(opening.cancel)
             elif not opening.cancelled() and opening.exception() is None:
                 pipe = opening.result()
+                closed = RedisConnectionError("the store was closed")
                 if loop is current:
-                    pipe.close()
+                    pipe.close(closed)
                 elif not loop.is_closed():
-                    loop.call_soon_threadsafe(pipe.close)
+                    loop.call_soon_threadsafe(pipe.close, closed)
         clients, self._clients = self._clients, {}
         for loop, client in clients.items():
             if loop is current:
@@ -552,14 +577,18 @@ class RedisStore:
     async def _open_pipe(self) -> _Pipe:
         loop = asyncio.get_running_loop()
         where = parse_url(self.url)
+
+        def make() -> _Pipe:
+            return _Pipe(self.request_timeout)
+
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if "path" in where:
-                    _, pipe = await loop.create_unix_connection(_Pipe, where["path"])
+                    _, pipe = await loop.create_unix_connection(make, where["path"])
                 else:
                     tls = ssl.create_default_context() if self.url.startswith("rediss:") else None
                     _, pipe = await loop.create_connection(
-                        _Pipe, where.get("host", "localhost"), where.get("port", 6379), ssl=tls
+                        make, where.get("host", "localhost"), where.get("port", 6379), ssl=tls
                     )
                 setup: list[list[str]] = []
                 if where.get("password"):
@@ -570,7 +599,7 @@ class RedisStore:
                 for command in setup:
                     reply = await pipe.send(_resp(command))
                     if isinstance(reply, hiredis.ReplyError):
-                        pipe.close()
+                        pipe.close(RedisConnectionError("setup refused"))
                         raise RedisConnectionError(f"Redis refused {command[0]}: {reply}")
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis at {self.url}: {exc}") from exc
@@ -588,18 +617,16 @@ class RedisStore:
         return await asyncio.shield(opening)
 
     async def _request_call(self, script: Any, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """EVALSHA ``script`` on this loop's pipelined connection: one round trip, bounded."""
+        """EVALSHA ``script`` on this loop's pipelined connection: one round trip, bounded.
+
+        Raises redis ``ConnectionError`` or ``TimeoutError`` (answered 503) when Redis is
+        down or stops answering within :attr:`request_timeout`.
+        """
         packed = _resp(["EVALSHA", script.sha, len(keys), *keys, *args])
         for attempt in range(2):
             pipe = await self._pipe()
             try:
-                async with asyncio.timeout(self.request_timeout):
-                    reply = await pipe.send(packed)
-            except TimeoutError as exc:
-                pipe.close()  # a Redis that hangs: fail the others waiting too, then reconnect
-                raise RedisTimeoutError(
-                    f"Redis did not answer within {self.request_timeout:g} s"
-                ) from exc
+                reply = await pipe.send(packed)  # bounded by the pipe's watchdog
             except RedisConnectionError:
                 if attempt:
                     raise

@@ -148,12 +148,12 @@ async def test_a_hung_redis_answers_in_bounded_time_then_recovers(tmp_path: Path
     server = EmbeddedRedis(tmp_path / "redis")
     url = server.start()
     store = RedisStore(url)
+    store.request_timeout = 0.3
     try:
         key, record = new_api_key(org, ["admin"])
         await store.add_api_key(record)
         now = int(time.time())
         assert (await store.authorize(org, record.key_id, hash_key(key), now)).record == record
-        store.request_timeout = 0.3
         pid = int((tmp_path / "redis" / "redis.pid").read_text())
         os.kill(pid, signal.SIGSTOP)
         try:

@@ -535,9 +535,10 @@ def _per_kr(
     if set(map(type, given)) <= {float}:
         arr = np.array(given, dtype=np.float64)
         if np.isfinite(arr).all() and _passes(check, arr.min()) and _passes(check, arr.max()):
-            found = list(map(values.get, kr_names))
-            mask = np.array([v is not None for v in found], dtype=bool)
-            out[mask] = np.array([v for v in found if v is not None], dtype=np.float64)
+            # None (no value for the KR) becomes NaN, which no checked value is
+            found = np.array(list(map(values.get, kr_names)), dtype=np.float64)
+            mask = ~np.isnan(found)
+            out[mask] = found[mask]
             return out
     pos = dict(zip(kr_names, range(len(kr_names)), strict=True))
     for kr, value in values.items():

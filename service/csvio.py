@@ -385,6 +385,10 @@ def _plain_cells(
     if longest > _PLAIN_WIDTH:
         return None
     cells = np.zeros((starts.shape[0], max(8, -(-longest // 8) * 8)), dtype=np.uint8)
+    if int(lengths.min()) == longest:
+        # every cell as long (ids like k000123): one gather, nothing to blank
+        cells[:, :longest] = buf[starts[:, None] + np.arange(longest)]
+        return cells
     last = buf.shape[0] - 1
     for j in range(longest):
         cells[:, j] = np.where(j < lengths, buf[np.minimum(starts + j, last)], 0)
@@ -402,7 +406,7 @@ def _plain_codes(
     # zero-padded bytes (as big-endian integers when they fit in one) sorts the ids.
     as_bytes = cells.view(f"S{cells.shape[1]}").ravel()
     keys = cells.view(">u8").ravel() if cells.shape[1] == 8 else as_bytes
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)  # equal keys get one code whatever their order
     ordered = keys[order]
     first = np.empty(ordered.shape[0], dtype=bool)
     first[:1] = True
@@ -461,17 +465,19 @@ def _plain_owners(
     """KR -> owner from coded columns; None when some KR has two owners (an error)."""
     names, codes = owner
     has = codes != 0 if names and names[0] == "" else np.ones(codes.shape, dtype=bool)
-    pairs = np.sort(kr[1][has] * len(names) + codes[has])
-    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))] if pairs.size else pairs
-    krs, owners = np.divmod(pairs, len(names))
-    if krs.shape[0] > 1 and (krs[1:] == krs[:-1]).any():
+    kr_codes = kr[1][has]
+    owner_codes = codes[has]
+    owner_of = np.full(len(kr[0]), -1, dtype=np.int64)
+    owner_of[kr_codes] = owner_codes  # the last owner given wins ...
+    if (owner_of[kr_codes] != owner_codes).any():  # ... so any other means two owners
         return None
     if any(len(o) > MAX_ID_LENGTH for o in names):
         return None
+    krs = np.flatnonzero(owner_of >= 0)
     return dict(
         zip(
             map(kr[0].__getitem__, krs.tolist()),
-            map(names.__getitem__, owners.tolist()),
+            map(names.__getitem__, owner_of[krs].tolist()),
             strict=True,
         )
     )
@@ -1090,9 +1096,10 @@ def _merge_owners(grades: GradeColumns, krs: KeyResultRows | None) -> dict[str, 
     owners = dict(grades.owners)
     if krs is None:
         return owners
-    both = list(owners.keys() & krs.owners.keys())
-    if list(map(owners.__getitem__, both)) == list(map(krs.owners.__getitem__, both)):
-        owners.update(krs.owners)  # no KR has two owners
+    given = krs.owners
+    # owners.get(kr, owner) == owner: the grades name no owner or the same one
+    if all(map(operator.eq, map(owners.get, given.keys(), given.values()), given.values())):
+        owners.update(given)
         return owners
     for kr_id, owner in krs.owners.items():
         prev = owners.setdefault(kr_id, owner)

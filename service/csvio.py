@@ -422,6 +422,16 @@ def _plain_codes(
 _POW10: Final = np.array([float(10**k) for k in range(23)])
 
 
+def _count_per_row(flags: npt.NDArray[np.bool_]) -> IntArray:
+    """How many flags are set in each row (rows a whole number of 8 bytes wide)."""
+    if not hasattr(np, "bitwise_count"):  # numpy < 2.0
+        summed: IntArray = flags.sum(axis=1, dtype=np.int64)
+        return summed
+    words = np.ascontiguousarray(flags).view(np.uint64)
+    counts: IntArray = np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+    return counts
+
+
 def _plain_floats(
     buf: npt.NDArray[np.uint8], starts: IntArray, ends: IntArray
 ) -> FloatArray | None:
@@ -433,17 +443,18 @@ def _plain_floats(
     # is the double nearest the decimal - what float() gives.
     digit = (cells >= ord("0")) & (cells <= ord("9"))
     point = cells == ord(".")
-    n_digits = digit.sum(axis=1)
+    # per row counts: booleans are bytes 0/1, so a row's 8-byte words count its bits
+    n_digits = _count_per_row(digit)
     simple = (
-        (digit | point | (cells == 0)).all(axis=1)
-        & (point.sum(axis=1) <= 1)
+        (_count_per_row(~(digit | point | (cells == 0))) == 0)
+        & (_count_per_row(point) <= 1)
         & (n_digits > 0)
         & (n_digits <= 15)
     )
     value = np.zeros(cells.shape[0], dtype=np.int64)
     decimals = np.zeros(cells.shape[0], dtype=np.int64)
     seen_point = np.zeros(cells.shape[0], dtype=bool)
-    for j in range(cells.shape[1]):
+    for j in range(int((ends - starts).max())):
         d = digit[:, j]
         value = np.where(d, value * 10 + (cells[:, j].astype(np.int64) - ord("0")), value)
         decimals += d & seen_point

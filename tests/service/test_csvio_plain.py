@@ -158,3 +158,11 @@ def test_bad_plain_files_give_the_general_error(tmp_path: Path, text: str, needl
     with pytest.raises(CsvInputError) as info:
         build_grade_table(read_grades_file(path)[0], GOOGLE)
     assert needle in str(info.value)
+
+
+def test_counts_per_row_with_and_without_bitwise_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = np.random.default_rng(5).random((50, 16)) < 0.4
+    expected = flags.sum(axis=1).tolist()
+    assert csvio._count_per_row(flags).tolist() == expected
+    monkeypatch.delattr(np, "bitwise_count")  # as on numpy < 2.0
+    assert csvio._count_per_row(flags).tolist() == expected

@@ -183,3 +183,27 @@ def test_request_calls_on_uvloop(redis_url: str, org: str) -> None:
             await store.close()
 
     assert uvloop.run(calls()) == list(range(1, 51))  # 50 pipelined checks, each counted once
+
+
+async def test_key_checks_write_nothing_to_the_append_only_file(tmp_path: Path, org: str) -> None:
+    # the per-second request counter is not worth an fsync: a GET leaves the AOF alone
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    store = RedisStore(url)
+    try:
+        key, record = new_api_key(org, ["admin"])
+        await store.add_api_key(record)
+        await store.redis.bgrewriteaof()
+        while int((await store.redis.info("persistence"))["aof_rewrite_in_progress"]):
+            await asyncio.sleep(0.05)
+        now = int(time.time())
+        first = await store.authorize(org, record.key_id, hash_key(key), now)  # loads the script
+        before = (await store.redis.info("persistence"))["aof_current_size"]
+        checks = [await store.authorize(org, record.key_id, hash_key(key), now) for _ in range(20)]
+        assert [c.count for c in [first, *checks]] == list(range(1, 22))
+        assert (await store.redis.info("persistence"))["aof_current_size"] == before
+        await store.redis.set(f"okrcal:{{{org}}}:probe", "x")  # while a real write does grow it
+        assert (await store.redis.info("persistence"))["aof_current_size"] > before
+    finally:
+        await store.close()
+        server.stop()

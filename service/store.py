@@ -7,6 +7,11 @@ Writes that must be all-or-nothing, or that read before they write, are Lua
 scripts (Redis runs a script atomically, so concurrent writers cannot interleave
 inside one and nothing is ever half-applied). They are registered once, at
 construction; redis-py sends them by SHA and reloads them after a Redis restart.
+
+The one command every request sends (the key check, with the hot owner read) goes
+over a pipelined connection of the store's own per event loop (:class:`_Pipe`),
+not through redis-py's pool. Every key a script touches is passed in ``KEYS`` and
+shares the organisation's ``{org}`` tag, so each script runs on one cluster slot.
 """
 
 from __future__ import annotations

@@ -207,3 +207,16 @@ async def test_key_checks_write_nothing_to_the_append_only_file(tmp_path: Path, 
     finally:
         await store.close()
         server.stop()
+
+
+async def test_request_calls_use_the_database_of_the_url(redis_url: str, org: str) -> None:
+    # the per-request connection is the store's own: it must select the URL's database too
+    sep = "&" if "?" in redis_url else "?"
+    store = RedisStore(f"{redis_url}{sep}db=3")  # redis-py reads db= on unix and tcp URLs
+    try:
+        key, record = new_api_key(org, ["admin"])
+        await store.add_api_key(record)  # through redis-py, in database 3
+        check = await store.authorize(org, record.key_id, hash_key(key), int(time.time()))
+        assert check.record == record  # found: the check ran in database 3 as well
+    finally:
+        await store.close()

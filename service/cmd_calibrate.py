@@ -609,7 +609,7 @@ def _column(items: Sequence[msgspec.Struct], name: str) -> list[str]:
             return _json_cells(values)
         return [str(v) for v in values]
     if name in _TEXT_COLUMNS:
-        cells = ["" if v is None else v for v in values]
+        cells = ["" if v is None else v for v in values] if None in values else values
         if _NEEDS_QUOTES.search("".join(cells)):
             cells = [_quote(c) for c in cells]
         return cells
@@ -626,15 +626,16 @@ def _float_cells(values: Sequence[float | None]) -> list[str]:
     """CSV cells of floats: ``repr(float(v))``, the shortest text that reads back to ``v``;
     ``None`` is an empty cell.
 
-    msgspec writes the same shortest digits as ``repr`` (a million times faster than a
-    ``repr`` call each) but lays out very small and very large magnitudes differently
-    (``0.00001`` for ``1e-05``, ``1e16`` for ``1e+16``) and writes NaN, infinities and
-    ``None`` as ``null``: those cells, rare in practice, are redone with ``repr``.
+    msgspec writes the same shortest digits as ``repr`` (one call for the column is
+    several times faster than a ``repr`` call per cell) but lays out very small and
+    very large magnitudes differently (``0.00001`` for ``1e-05``, ``1e16`` for
+    ``1e+16``) and writes NaN, infinities and ``None`` as ``null``: those cells, rare
+    in practice, are redone with ``repr``.
 
     >>> _float_cells([0.1, None, 1e-05, 2.5e16, 3.0])
     ['0.1', '', '1e-05', '2.5e+16', '3.0']
     """
-    vals = list(values)
+    vals = values if isinstance(values, list) else list(values)
     if not set(map(type, vals)) <= {float, type(None)}:
         # numpy floats, ints or bools: float() first, as repr(float(v)) would
         vals = [None if v is None else float(v) for v in vals]

@@ -17,8 +17,10 @@ b. The whole ``okrcal calibrate GRADES.csv --out DIR`` job (a fresh process: sta
    CSV parsing, fit, writing the outputs) against a pyfixest job on the same CSV
    (read with pandas, ``feols("grade ~ 1 | kr_id + grader_id")``, ``fixef()``, grader
    effects written to CSV). Wall time and max RSS from ``/usr/bin/time -v``; runs
-   interleaved, ``--reps`` each, medians. The grades CSV carries no evidence (the
-   peers could not use it); a run with ``--krs`` shows the cost of evidence.
+   interleaved, ``--reps`` each, medians, with CPU time (user+sys) and the load average
+   beside them. The grades CSV carries no evidence (the peers could not use it); a run
+   with ``--krs`` shows the cost of evidence. The okrcal jobs run with ``--timings``,
+   and a second table gives their per-phase CPU (and wall) seconds.
 c. statsmodels ``MixedLM`` (crossed random effects as variance components of one
    group) and lme4 ``lmer(grade ~ 1 + (1|kr_id) + (1|grader_id))`` by Rscript,
    next to okrcal's additive model, on 1k, 10k and 100k grades of the same design

@@ -4,7 +4,7 @@
 
     okrcal calibrate GRADES.csv [--krs KRS.csv] [--scale google|percent|five_point|LOW:HIGH]
                      [--model additive|affine|fixed|zscore|mean] [--confidence 0.9]
-                     [--fdr 0.05] [--min-effect 0.05] [--min-linked 5] --out DIR
+                     [--fdr 0.05] [--min-effect 0.05] [--min-linked 5] [--timings] --out DIR
 
 Writes ``DIR/scores.csv`` (one row per KR), ``DIR/graders.csv`` (one row per grader),
 ``DIR/owners.csv`` (one row per owner) and ``DIR/fit.json`` (model, versions, input

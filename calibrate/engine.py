@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,13 @@ from calibrate.reml import (
     contrast_var_multi,
     fit_crossed,
     fit_fixed,
+    fit_within,
     grade_fit_variance,
     kr_variance,
     log_ratios,
     prepare_crossed,
     with_coef,
+    with_design,
 )
 from calibrate.results import (
     MODEL_VERSION,
@@ -54,6 +57,7 @@ from calibrate.results import (
     UnexpectedGrade,
     VarianceComponents,
 )
+from calibrate.scoring import group_variance, score_krs
 from calibrate.table import GradeTable
 
 __all__ = ["benjamini_hochberg", "fit_model"]
@@ -192,6 +196,7 @@ class _Estimates:
     iterations: int = 0
     kr_reason: str | None = None
     warnings: tuple[str, ...] = ()
+    kr_crit: FloatArray | None = None  # per KR interval quantile; None: the normal one
 
 
 def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
@@ -223,7 +228,9 @@ def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
         case FixedModel():
             est = _fit_mixed(t, graph, use, fixed=True)
         case AdditiveModel():
-            est = _fit_mixed(t, graph, use, fixed=False, held=model.hold_variance)
+            est = _fit_mixed(
+                t, graph, use, fixed=False, held=model.hold_variance, confidence=model.confidence
+            )
         case AffineModel():
             est = _fit_affine(t, graph, use, model)
     if note is not None:
@@ -404,6 +411,7 @@ def _fit_mixed(
     *,
     fixed: bool,
     held: HeldVariance | None = None,
+    confidence: float = 0.90,
 ) -> _Estimates:
     if not _identifiable(t):
         return _unidentified(t)
@@ -411,10 +419,39 @@ def _fit_mixed(
         d = _fixed_design(t, use)
         fit = fit_fixed(d)
         with_ev = bool(t.has_evidence.any())
-    else:
-        d, with_ev = _design(t, use=use)
-        fit = _reml_or_held(d, held)
-    return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=fixed)
+        return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=True)
+    d, with_ev = _design(t, use=use)
+    fit = _reml_or_held(d, held)
+    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False)
+    return _within_scores(t, graph, est, fit, confidence)
+
+
+def _within_scores(
+    t: GradeTable, graph: _Graph, est: _Estimates, fit: CrossedFit, confidence: float
+) -> _Estimates:
+    """The additive model's KR grades: grader effects and noise measured within KRs.
+
+    The REML fit keeps the variance components, leniencies, flags and residuals;
+    the KR grades, their intervals and the owners' achievements come from
+    :func:`calibrate.scoring.score_krs` (see there for why).
+    """
+    d = fit.data
+    # the KR effects absorb the intercept; what is left is the grade-vs-evidence column
+    within = fit_within(
+        with_design(d, d.X[:, 1:], d.Xe[:, 1:]), fit.var_grader, fit.var_resid, fit.var_evidence
+    )
+    scores = score_krs(within, fit.var_resid, fit.var_evidence, confidence)
+
+    def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
+        return group_variance(scores, within, row, kr, w, n_rows)
+
+    return dataclasses.replace(
+        est,
+        kr_value=scores.value,
+        kr_se=scores.se,
+        kr_crit=scores.crit,
+        owner_value=_owner_mixed(t, graph, scores.value, owner_var),
+    )
 
 
 def _reml_or_held(
@@ -554,7 +591,10 @@ def _mixed_estimates(
     kr_var = kr_variance(fit)
     kr_se = np.sqrt(np.maximum(kr_var, 0.0))
 
-    owners = _owner_mixed(t, graph, fit, kr_value)
+    def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
+        return contrast_var_multi(fit, row, kr, w, n_rows)
+
+    owners = _owner_mixed(t, graph, kr_value, owner_var)
 
     # Residuals and their variances for infit/outfit and unexpected grades.
     coef = d.coef
@@ -627,16 +667,22 @@ def _owner_rows(t: GradeTable) -> tuple[list[str], IntArray, IntArray]:
 
 
 def _owner_mixed(
-    t: GradeTable, graph: _Graph, fit: CrossedFit, kr_value: FloatArray
+    t: GradeTable,
+    graph: _Graph,
+    kr_value: FloatArray,
+    variance: Callable[[IntArray, IntArray, FloatArray, int], FloatArray],
 ) -> dict[str, tuple[float, float]]:
-    """Owner achievement with the KRs' shared grader and intercept errors accounted for."""
+    """Owner achievement; ``variance`` accounts for the errors the KRs share.
+
+    ``variance(row, kr, w, n_rows)`` is the variance of ``sum w_k value[kr_k]`` per row.
+    """
     owner_names, kr_rows, row = graph.owner_names, graph.owner_kr, graph.owner_row
     if not owner_names:
         return {}
     n = len(owner_names)
     w = t.kr_weight[kr_rows]
     wsum = np.bincount(row, weights=w, minlength=n)
-    var = contrast_var_multi(fit, row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0), n)
+    var = variance(row, kr_rows, w / np.where(wsum[row] > 0, wsum[row], 1.0), n)
     vals = _clip(kr_value[kr_rows], t)
     est = np.bincount(row, weights=w * vals, minlength=n)
     ok = wsum > 0
@@ -893,8 +939,9 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     se_ok = ok & np.isfinite(kse)
     cal = _nullable(np.clip(kval, t.scale.low, t.scale.high), ok)
     se_l = _nullable(kse, se_ok)
-    lo_l = _nullable(np.maximum(kval - zc * kse, t.scale.low), se_ok)
-    hi_l = _nullable(np.minimum(kval + zc * kse, t.scale.high), se_ok)
+    crit = zc if est.kr_crit is None else est.kr_crit
+    lo_l = _nullable(np.maximum(kval - crit * kse, t.scale.low), se_ok)
+    hi_l = _nullable(np.minimum(kval + crit * kse, t.scale.high), se_ok)
     ev_l = _nullable(t.evidence, np.isfinite(t.evidence))
     why = est.kr_reason or "not estimable"
     reason_l = [None if good else why for good in se_ok.tolist()]

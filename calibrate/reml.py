@@ -44,11 +44,13 @@ __all__ = [
     "contrast_var_multi",
     "fit_crossed",
     "fit_fixed",
+    "fit_within",
     "grade_fit_variance",
     "kr_variance",
     "log_ratios",
     "prepare_crossed",
     "with_coef",
+    "with_design",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -844,6 +846,23 @@ def with_coef(d: CrossedData, coef: FloatArray) -> CrossedData:
     return dataclasses.replace(d, **cp)
 
 
+def with_design(d: CrossedData, X: FloatArray, Xe: FloatArray) -> CrossedData:
+    """The same data with new fixed-effect columns (``X`` per grade, ``Xe`` per KR)."""
+    ev = d.ev_mask
+    return dataclasses.replace(
+        d,
+        p=X.shape[1],
+        X=X,
+        Xe=Xe,
+        Hx=_cols(d.gr, X, d.n_gr),
+        XtX=X.T @ X,
+        Xty=X.T @ d.y,
+        XetXe=Xe[ev].T @ Xe[ev],
+        Xetz=Xe[ev].T @ d.ev_value[ev],
+        A_g=_cols(d.kr, d.coef[:, None] * X, d.n_kr),
+    )
+
+
 def log_ratios(fit: CrossedFit) -> FloatArray:
     """The fitted variance ratios on the optimiser's log scale (to start a related fit)."""
     s2 = fit.var_resid
@@ -1029,6 +1048,37 @@ def fit_fixed(d: CrossedData) -> CrossedFit:
     s_inv = _block_inverse(d, st)
     # (L + 11')^-1 = L^+ + 11'/n^2 on each constrained part: remove the added term
     s_inv[d.cons_flat] -= 1.0 / (d.cons_n * d.cons_n)
+    return _kr_fixed_fit(d, st, s_inv, s2, var_grader=math.nan, var_evidence=None)
+
+
+def fit_within(
+    d: CrossedData, var_grader: float, var_resid: float, var_evidence: float | None
+) -> CrossedFit:
+    """Grader effects measured within KRs: KR effects free, grader effects shrunk.
+
+    The mixed-model solution with a flat prior on the KR effects (precision 0) and
+    the grader effects and evidence at the given variances (typically REML's).
+    Only contrasts inside a KR (a grade against the evidence or another grader's
+    grade) inform a grader's effect, so KRs that truly differ between teams are not
+    read as leniency. The KR effects absorb the intercept: ``d`` must not carry one.
+    """
+    td = var_evidence / var_resid if d.n_ev and var_evidence else 1.0
+    st = _evaluate_inv(d, 0.0, var_resid / var_grader, td, keep=True)
+    assert isinstance(st, _State)
+    s_inv = _block_inverse(d, st)
+    return _kr_fixed_fit(d, st, s_inv, var_resid, var_grader=var_grader, var_evidence=var_evidence)
+
+
+def _kr_fixed_fit(
+    d: CrossedData,
+    st: _State,
+    s_inv: FloatArray,
+    s2: float,
+    *,
+    var_grader: float,
+    var_evidence: float | None,
+) -> CrossedFit:
+    """Collect a solution whose KR effects are free (unpenalised) as a fit."""
     Tinv = _f64(np.linalg.inv(st.T)) if d.p else np.zeros((0, 0))
     diag = s_inv[d.blocks.diag_flat]
     b_pev = (diag + np.einsum("ji,ik,jk->j", st.H, Tinv, st.H)) * s2
@@ -1036,9 +1086,9 @@ def fit_fixed(d: CrossedData) -> CrossedFit:
     a = (st.ry - st.A @ st.beta - zb) / st.c
     return CrossedFit(
         var_kr=math.nan,
-        var_grader=math.nan,
+        var_grader=var_grader,
         var_resid=s2,
-        var_evidence=None,
+        var_evidence=var_evidence,
         beta=st.beta,
         beta_cov=Tinv * s2,
         a=a,

@@ -1,0 +1,229 @@
+"""Calibrated KR grades of the additive model: grader effects and noise measured within KRs.
+
+The REML fit (:mod:`calibrate.reml`) gives the variance components and the
+flagged leniencies. A KR's calibrated grade is then made in three steps:
+
+1. **Grader effects within KRs.** The mixed-model equations are solved again with
+   a flat prior on the KR effects and the grader effects shrunk at REML's grader
+   variance (:func:`calibrate.reml.fit_within`). Only contrasts inside a KR — a grade
+   against the evidence or against another grader's grade — inform a grader's
+   effect, so a team whose KRs truly do better is not read as a lenient manager,
+   and a KR's grade is not pulled toward the organisation's mean.
+2. **Each grader's own noise.** Graders differ in how well their grades agree with
+   the evidence and with other graders (a grader who compresses grades toward the
+   middle agrees worse). Each grader's residual variance is estimated from
+   leave-one-out residuals within KRs, moderated toward a common value with a prior
+   whose strength is estimated from the spread of the graders' variances (the
+   empirical-Bayes variance moderation of Smyth, 2004), and the evidence's variance
+   alongside. Their overall level is REML's: the residual and evidence variances of
+   the REML fit fix the total, the within-KR moments split it.
+3. **The KR grade** is the precision-weighted mean of the KR's grades, each corrected
+   by its grader's effect, and its evidence. Its variance adds the error of the
+   grader effects; its interval uses a t quantile with Satterthwaite's degrees of
+   freedom, since the variances are estimated from a grader's few linking grades.
+
+References: Henderson (1984), mixed-model equations; Smyth (2004), "Linear models
+and empirical Bayes methods for assessing differential expression", Stat. Appl.
+Genet. Mol. Biol. 3(1), for the moderated variances; Satterthwaite (1946).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.special
+import scipy.stats
+
+from calibrate.reml import CrossedFit, _wsum
+
+__all__ = ["KRScores", "group_variance", "moderate_variances", "score_krs"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+#: Alternations between the KR grades and the variances that weight them.
+_ITERATIONS = 8
+#: A variance is never taken below this share of the pooled residual variance.
+_FLOOR = 0.05
+
+
+@dataclass(frozen=True)
+class KRScores:
+    """Calibrated KR grades with their errors, and the weights that made them."""
+
+    value: FloatArray  # per KR
+    se: FloatArray  # per KR
+    crit: FloatArray  # per KR: t quantile of the interval at the requested confidence
+    grader_var: FloatArray  # per grader: residual variance of a grade
+    evidence_var: float | None
+    prior_df: float  # strength of the moderation (inf: one common variance)
+    weight: FloatArray  # per grade: its share of its KR's grade
+    effect_var: FloatArray  # per grader: error variance of the grader effect
+
+
+def _trigamma_inverse(y: float) -> float:
+    """x with trigamma(x) = y, by Newton's method (Smyth 2004, limma)."""
+    if y > 1e7:
+        return 1.0 / math.sqrt(y)
+    if y < 1e-6:
+        return 1.0 / y
+    x = 0.5 + 1.0 / y
+    for _ in range(50):
+        tri = float(scipy.special.polygamma(1, x))
+        step = tri * (1.0 - tri / y) / float(scipy.special.polygamma(2, x))
+        x += step
+        if -step / x < 1e-8:
+            break
+    return x
+
+
+def moderate_variances(s2: FloatArray, df: FloatArray) -> tuple[FloatArray, float, float]:
+    """Empirical-Bayes moderated variances: (posterior variances, prior df, prior variance).
+
+    Sample variances ``s2`` with ``df`` degrees of freedom are taken as scaled
+    chi-square draws around variances that follow a scaled inverse chi-square
+    prior; the prior's degrees of freedom and scale come from the moments of
+    ``log s2`` (Smyth 2004). Entries with ``df == 0`` get the prior variance. With
+    fewer than three informative entries, or no spread beyond sampling noise, every
+    entry gets the common variance (prior df infinite).
+
+    >>> v, d0, s0 = moderate_variances(np.array([1.0, 1.1, 0.9, 1.0]), np.full(4, 10.0))
+    >>> d0, bool(np.allclose(v, s0))
+    (inf, True)
+    """
+    ok = (df > 0) & (s2 > 0)
+    if int(ok.sum()) < 3:
+        pooled = float((s2[ok] * df[ok]).sum() / df[ok].sum()) if ok.any() else math.nan
+        return np.full(s2.shape[0], pooled), math.inf, pooled
+    half = df[ok] / 2.0
+    z = np.log(s2[ok]) - scipy.special.digamma(half) + np.log(half)
+    mean_z = float(z.mean())
+    excess = float(z.var(ddof=1)) - float(np.mean(scipy.special.polygamma(1, half)))
+    if excess <= 0:
+        s0 = math.exp(mean_z)
+        return np.full(s2.shape[0], s0), math.inf, s0
+    d0 = 2.0 * _trigamma_inverse(excess)
+    s0 = math.exp(mean_z + float(scipy.special.digamma(d0 / 2.0)) - math.log(d0 / 2.0))
+    post = np.where(ok, (d0 * s0 + df * np.where(ok, s2, 0.0)) / (d0 + df), s0)
+    return post, d0, s0
+
+
+def score_krs(
+    within: CrossedFit, var_resid: float, var_evidence: float | None, confidence: float
+) -> KRScores:
+    """Calibrated KR grades from a within-KR fit (see the module docstring).
+
+    ``within`` is :func:`calibrate.reml.fit_within`'s fit; ``var_resid`` and
+    ``var_evidence`` are the REML variances that fix the overall noise level.
+    """
+    d = within.data
+    gi, ki = d.gr, d.kr
+    n_gr, n_kr = d.n_gr, d.n_kr
+    ev = d.ev_mask
+    n_ev = int(ev.sum())
+    # grader effect (leniency) of every grade's grader and its error variance
+    p = d.p
+    effect = within.b + (within.beta[0] if p else 0.0)
+    effect_var = within.b_pev.copy()
+    if p:
+        effect_var += within.beta_cov[0, 0] + 2.0 * within.b_beta_cov[:, 0]
+    effect_var = np.maximum(effect_var, 0.0)
+    m = d.y - effect[gi]  # each grade as a measurement of the KR's achievement
+    ev_val = np.where(ev, d.ev_value, 0.0)
+
+    v = np.full(n_gr, var_resid)
+    vd = var_evidence if n_ev and var_evidence else var_resid
+    df_g = np.zeros(n_gr)
+    prior_df = math.inf
+    for _ in range(_ITERATIONS):
+        w = 1.0 / v[gi]
+        W = _wsum(ki, w, n_kr) + ev / vd
+        S = _wsum(ki, w * m, n_kr) + ev_val / vd
+        # leave-one-out: each grade against the rest of its KR
+        rest = W[ki] - w
+        linked = rest > 1e-9 * W[ki]
+        rest_s = np.where(linked, rest, 1.0)
+        loo = (S[ki] - w * m) / rest_s
+        r2 = np.where(linked, (m - loo) ** 2, 0.0)
+        # E[r2] = v_j + 1/rest: divide by the expected share of v_j
+        expect = np.where(linked, 1.0 + 1.0 / (rest_s * v[gi]), 0.0)
+        den = _wsum(gi, expect, n_gr)
+        s2 = np.where(den > 0, _wsum(gi, r2, n_gr) / np.where(den > 0, den, 1.0), 0.0)
+        # one degree of freedom per grader goes to its effect
+        df_g = np.maximum(_wsum(gi, linked.astype(np.float64), n_gr) - 1.0, 0.0)
+        post, prior_df, _ = moderate_variances(s2, df_g)
+        if not np.all(np.isfinite(post)):
+            post, prior_df = np.full(n_gr, var_resid), math.inf
+        v = post
+        if n_ev:
+            rest_e = W - ev / vd
+            ok_e = ev & (rest_e > 1e-9 * W)
+            if ok_e.any():
+                loo_e = (S[ok_e] - ev_val[ok_e] / vd) / rest_e[ok_e]
+                r2e = (ev_val[ok_e] - loo_e) ** 2
+                vd = float(r2e.sum() / (1.0 + 1.0 / (rest_e[ok_e] * vd)).sum())
+        # REML fixes the overall level; the moments only split it
+        total = d.n_obs * var_resid + (n_ev * var_evidence if n_ev and var_evidence else 0.0)
+        scale = total / (float(v[gi].sum()) + n_ev * vd)
+        v = np.maximum(v * scale, _FLOOR * var_resid)
+        vd = max(vd * scale, _FLOOR * var_resid) if n_ev else vd
+
+    w = 1.0 / v[gi]
+    W = _wsum(ki, w, n_kr) + ev / vd
+    S = _wsum(ki, w * m, n_kr) + ev_val / vd
+    value = S / W
+    share = w / W[ki]
+    var = 1.0 / W + _wsum(ki, share * share * effect_var[gi], n_kr)
+    # Satterthwaite: each grade's noise carries its grader's degrees of freedom
+    df_v = prior_df + df_g
+    parts = _wsum(ki, (w / (W[ki] * W[ki])) ** 2 / df_v[gi], n_kr)
+    if n_ev:
+        parts = parts + ev * (1.0 / (vd * W * W)) ** 2 / n_ev
+    with np.errstate(divide="ignore"):
+        df = np.where(parts > 0, var * var / np.where(parts > 0, parts, 1.0), np.inf)
+    q = 0.5 + confidence / 2.0
+    crit = np.where(np.isfinite(df), scipy.stats.t.ppf(q, np.maximum(df, 1.0)), 0.0)
+    crit = np.where(np.isfinite(df), crit, float(scipy.special.ndtri(q)))
+    return KRScores(
+        value=value,
+        se=np.sqrt(var),
+        crit=np.asarray(crit, dtype=np.float64),
+        grader_var=v,
+        evidence_var=vd if n_ev else None,
+        prior_df=prior_df,
+        weight=share,
+        effect_var=effect_var,
+    )
+
+
+def group_variance(
+    scores: KRScores, within: CrossedFit, row: IntArray, kr: IntArray, w: FloatArray, n_rows: int
+) -> FloatArray:
+    """Variance of ``sum_k w_k value[kr_k]`` per row (distinct KRs per row).
+
+    The KRs' own noise is independent; a grader's effect error is shared by every
+    KR of the row that grader graded.
+    """
+    d = within.data
+    kr_var = 1.0 / (
+        _wsum(d.kr, 1.0 / scores.grader_var[d.gr], d.n_kr)
+        + d.ev_mask / (scores.evidence_var if scores.evidence_var else 1.0)
+    )
+    own = _wsum(row, w * w * kr_var[kr], n_rows)
+    # per grade: the row weight of its KR (a KR may sit in one row at most here)
+    kr_row = np.full(d.n_kr, -1, dtype=np.int64)
+    kr_w = np.zeros(d.n_kr)
+    kr_row[kr] = row
+    kr_w[kr] = w
+    sel = kr_row[d.kr] >= 0
+    key = kr_row[d.kr][sel] * max(d.n_gr, 1) + d.gr[sel]
+    uniq, inv = np.unique(key, return_inverse=True)
+    coef = np.bincount(inv, weights=(kr_w[d.kr] * scores.weight)[sel], minlength=uniq.shape[0])
+    g = uniq % max(d.n_gr, 1)
+    r = uniq // max(d.n_gr, 1)
+    shared = _wsum(r, coef * coef * scores.effect_var[g], n_rows)
+    out: FloatArray = own + shared
+    return out

@@ -57,7 +57,7 @@ from calibrate.results import (
     UnexpectedGrade,
     VarianceComponents,
 )
-from calibrate.scoring import group_variance, score_krs
+from calibrate.scoring import group_variance, mixture_effects, score_krs
 from calibrate.table import GradeTable
 
 __all__ = ["benjamini_hochberg", "fit_model"]
@@ -422,17 +422,22 @@ def _fit_mixed(
         return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=True)
     d, with_ev = _design(t, use=use)
     fit = _reml_or_held(d, held)
-    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False)
+    # the owners' achievements come with the KR grades of _within_scores
+    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False, with_owners=False)
     return _within_scores(t, graph, est, fit, confidence)
 
 
 def _within_scores(
     t: GradeTable, graph: _Graph, est: _Estimates, fit: CrossedFit, confidence: float
 ) -> _Estimates:
-    """The additive model's KR grades: grader effects and noise measured within KRs.
+    """The additive model's leniencies and KR grades, measured within KRs.
 
-    The REML fit keeps the variance components, leniencies, flags and residuals;
-    the KR grades, their intervals and the owners' achievements come from
+    The REML fit gives the variance components and the residual diagnostics. The
+    grader effects are then solved again with a flat prior on the KR effects
+    (:func:`calibrate.reml.fit_within`): a grader's leniency comes from the
+    contrasts inside KRs only, against the evidence or other graders, so teams whose
+    KRs truly differ are not read as lenient or severe managers. The KR grades,
+    their intervals and the owners' achievements come from
     :func:`calibrate.scoring.score_krs` (see there for why).
     """
     d = fit.data
@@ -440,13 +445,24 @@ def _within_scores(
     within = fit_within(
         with_design(d, d.X[:, 1:], d.Xe[:, 1:]), fit.var_grader, fit.var_resid, fit.var_evidence
     )
-    scores = score_krs(within, fit.var_resid, fit.var_evidence, confidence)
+    col = 0 if within.data.p else None
+    # the test statistic undoes the shrinkage, so it does not depend on the prior
+    _, _, z = _leniency(within, col, fixed=False)
+    b_post, b_post_var, _ = mixture_effects(within.b, within.b_pev, within.var_grader)
+    len_hat, len_var, _ = _leniency(
+        dataclasses.replace(within, b=b_post, b_pev=b_post_var), col, fixed=False
+    )
+    scores = score_krs(within, len_hat, len_var, fit.var_resid, fit.var_evidence, confidence)
+    leniency, leniency_se, z = _linked_only(graph, len_hat, len_var, z)
 
     def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
         return group_variance(scores, within, row, kr, w, n_rows)
 
     return dataclasses.replace(
         est,
+        leniency=leniency,
+        leniency_se=leniency_se,
+        z=z,
         kr_value=scores.value,
         kr_se=scores.se,
         kr_crit=scores.crit,
@@ -561,29 +577,12 @@ def _mixed_estimates(
     *,
     with_ev: bool,
     fixed: bool,
+    with_owners: bool = True,
 ) -> _Estimates:
     d = fit.data
     p = d.p
-    # Leniency of grader j: gamma + b_j (against the evidence), or b_j alone.
-    if fixed or not with_ev:
-        gamma, gamma_var = 0.0, 0.0
-        len_hat = fit.b.copy()
-        len_var = fit.b_pev.copy()
-    else:
-        gamma = float(fit.beta[1])
-        gamma_var = float(fit.beta_cov[1, 1])
-        len_hat = gamma + fit.b
-        len_var = gamma_var + fit.b_pev + 2.0 * fit.b_beta_cov[:, 1]
-    len_var = np.maximum(len_var, 0.0)
-    if fixed:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.where(len_var > 0, len_hat / np.sqrt(len_var), 0.0)
-    else:
-        z = _deregressed_z(len_hat, fit.b, fit.b_pev, fit.var_grader, gamma_var)
-    linked = graph.grader_linked
-    leniency = np.where(linked, len_hat, np.nan)
-    leniency_se = np.where(linked, np.sqrt(len_var), np.nan)
-    z = np.where(linked, z, np.nan)
+    len_hat, len_var, z = _leniency(fit, None if fixed or not with_ev else 1, fixed=fixed)
+    leniency, leniency_se, z = _linked_only(graph, len_hat, len_var, z)
 
     # Calibrated KR grade: intercept + KR effect (what a grader with no leniency would give).
     mu = float(fit.beta[0]) if p else 0.0
@@ -594,7 +593,7 @@ def _mixed_estimates(
     def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
         return contrast_var_multi(fit, row, kr, w, n_rows)
 
-    owners = _owner_mixed(t, graph, kr_value, owner_var)
+    owners = _owner_mixed(t, graph, kr_value, owner_var) if with_owners else {}
 
     # Residuals and their variances for infit/outfit and unexpected grades.
     coef = d.coef
@@ -664,6 +663,43 @@ def _owner_rows(t: GradeTable) -> tuple[list[str], IntArray, IntArray]:
     code = np.array(list(map(pos.__getitem__, t.kr_owner)), dtype=np.int64)
     kr_rows = np.flatnonzero(code >= 0)
     return names, kr_rows, code[kr_rows]
+
+
+def _leniency(
+    fit: CrossedFit, col: int | None, *, fixed: bool
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Leniency of every grader, its error variance and its test statistic.
+
+    Leniency of grader j is ``gamma + b_j`` with ``gamma = beta[col]`` the mean
+    leniency against the evidence, or ``b_j`` alone when ``col`` is None.
+    """
+    if col is None:
+        gamma_var = 0.0
+        len_hat = fit.b.copy()
+        len_var = fit.b_pev.copy()
+    else:
+        gamma_var = float(fit.beta_cov[col, col])
+        len_hat = float(fit.beta[col]) + fit.b
+        len_var = gamma_var + fit.b_pev + 2.0 * fit.b_beta_cov[:, col]
+    len_var = np.maximum(len_var, 0.0)
+    if fixed:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(len_var > 0, len_hat / np.sqrt(len_var), 0.0)
+    else:
+        z = _deregressed_z(len_hat, fit.b, fit.b_pev, fit.var_grader, gamma_var)
+    return len_hat, len_var, z
+
+
+def _linked_only(
+    graph: _Graph, len_hat: FloatArray, len_var: FloatArray, z: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Leniency, standard error and statistic; NaN for graders not linked to the reference."""
+    linked = graph.grader_linked
+    return (
+        np.where(linked, len_hat, np.nan),
+        np.where(linked, np.sqrt(len_var), np.nan),
+        np.where(linked, z, np.nan),
+    )
 
 
 def _owner_mixed(

@@ -35,19 +35,22 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import scipy.special
-import scipy.stats
 
 from calibrate.reml import CrossedFit, _wsum
 
-__all__ = ["KRScores", "group_variance", "moderate_variances", "score_krs"]
+__all__ = ["KRScores", "group_variance", "mixture_effects", "moderate_variances", "score_krs"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Alternations between the KR grades and the variances that weight them.
-_ITERATIONS = 8
+#: Most alternations between the KR grades and the variances that weight them.
+_ITERATIONS = 20
+#: They stop when no grader's variance moves by more than this share.
+_TOL = 1e-3
 #: A variance is never taken below this share of the pooled residual variance.
 _FLOOR = 0.05
+#: Most EM steps for the leniency prior.
+_EM_ITERATIONS = 300
 
 
 @dataclass(frozen=True)
@@ -111,26 +114,82 @@ def moderate_variances(s2: FloatArray, df: FloatArray) -> tuple[FloatArray, floa
     return post, d0, s0
 
 
+def mixture_effects(
+    b_hat: FloatArray, b_pev: FloatArray, var_b: float
+) -> tuple[FloatArray, FloatArray, tuple[float, float, float]]:
+    """Grader effects under a spike-and-slab-like prior: posterior means and variances.
+
+    A normal prior shrinks every effect by the same share, so it pulls the few
+    large effects (a clearly lenient grader) too far toward 0 when most graders
+    have none. Here the prior is a mixture of two zero-mean normals, a narrow one
+    and a wide one, fitted by EM to the unshrunk estimates ``b_hat / lam`` (with
+    ``lam = 1 - PEV / var_b``, variance ``PEV / lam``); each grader's posterior mixes
+    the two components' posteriors. Graders whose estimate carries no information
+    (``lam`` about 0), and fits with fewer than 8 informative graders, keep the
+    normal-prior values. Returns the means, the variances and the prior
+    (weight of the wide component, narrow variance, wide variance).
+    """
+    out_mean, out_var = b_hat.copy(), b_pev.copy()
+    if not var_b > 0 or not math.isfinite(var_b):
+        return out_mean, out_var, (math.nan, math.nan, math.nan)
+    lam = 1.0 - b_pev / var_b
+    informative = lam > 1e-4
+    if int(informative.sum()) < 8:
+        return out_mean, out_var, (math.nan, math.nan, math.nan)
+    u = b_hat[informative] / lam[informative]
+    s2 = b_pev[informative] / lam[informative]
+    floor = 1e-8 * var_b
+    tau = np.array([var_b / 10.0, 2.0 * var_b])
+    weight = np.array([0.5, 0.5])
+    for _ in range(_EM_ITERATIONS):
+        tot = tau[None, :] + s2[:, None]
+        log_dens = -0.5 * (np.log(tot) + u[:, None] ** 2 / tot) + np.log(weight)[None, :]
+        log_dens -= log_dens.max(axis=1, keepdims=True)
+        resp = np.exp(log_dens)
+        resp /= resp.sum(axis=1, keepdims=True)
+        pm = u[:, None] * tau[None, :] / tot
+        pv = tau[None, :] * s2[:, None] / tot
+        new_weight = np.clip(resp.mean(axis=0), 1e-6, 1.0)
+        new_weight /= new_weight.sum()
+        new_tau = np.maximum((resp * (pm * pm + pv)).sum(axis=0) / resp.sum(axis=0), floor)
+        change = float(np.max(np.abs(new_tau - tau) / tau))
+        tau, weight = new_tau, new_weight
+        if change < 1e-5:
+            break
+    tot = tau[None, :] + s2[:, None]
+    log_dens = -0.5 * (np.log(tot) + u[:, None] ** 2 / tot) + np.log(weight)[None, :]
+    log_dens -= log_dens.max(axis=1, keepdims=True)
+    resp = np.exp(log_dens)
+    resp /= resp.sum(axis=1, keepdims=True)
+    pm = u[:, None] * tau[None, :] / tot
+    pv = tau[None, :] * s2[:, None] / tot
+    mean = (resp * pm).sum(axis=1)
+    out_mean[informative] = mean
+    out_var[informative] = np.maximum((resp * (pm * pm + pv)).sum(axis=1) - mean * mean, 0.0)
+    wide = int(np.argmax(tau))
+    return out_mean, out_var, (float(weight[wide]), float(tau.min()), float(tau.max()))
+
+
 def score_krs(
-    within: CrossedFit, var_resid: float, var_evidence: float | None, confidence: float
+    within: CrossedFit,
+    effect: FloatArray,
+    effect_var: FloatArray,
+    var_resid: float,
+    var_evidence: float | None,
+    confidence: float,
 ) -> KRScores:
     """Calibrated KR grades from a within-KR fit (see the module docstring).
 
-    ``within`` is :func:`calibrate.reml.fit_within`'s fit; ``var_resid`` and
-    ``var_evidence`` are the REML variances that fix the overall noise level.
+    ``within`` is :func:`calibrate.reml.fit_within`'s fit, ``effect`` and
+    ``effect_var`` every grader's effect (leniency) from it and its error variance;
+    ``var_resid`` and ``var_evidence`` are the REML variances that fix the overall
+    noise level.
     """
     d = within.data
     gi, ki = d.gr, d.kr
     n_gr, n_kr = d.n_gr, d.n_kr
     ev = d.ev_mask
     n_ev = int(ev.sum())
-    # grader effect (leniency) of every grade's grader and its error variance
-    p = d.p
-    effect = within.b + (within.beta[0] if p else 0.0)
-    effect_var = within.b_pev.copy()
-    if p:
-        effect_var += within.beta_cov[0, 0] + 2.0 * within.b_beta_cov[:, 0]
-    effect_var = np.maximum(effect_var, 0.0)
     m = d.y - effect[gi]  # each grade as a measurement of the KR's achievement
     ev_val = np.where(ev, d.ev_value, 0.0)
 
@@ -138,6 +197,7 @@ def score_krs(
     vd = var_evidence if n_ev and var_evidence else var_resid
     df_g = np.zeros(n_gr)
     prior_df = math.inf
+    v_prev = v
     for _ in range(_ITERATIONS):
         w = 1.0 / v[gi]
         W = _wsum(ki, w, n_kr) + ev / vd
@@ -168,8 +228,13 @@ def score_krs(
         # REML fixes the overall level; the moments only split it
         total = d.n_obs * var_resid + (n_ev * var_evidence if n_ev and var_evidence else 0.0)
         scale = total / (float(v[gi].sum()) + n_ev * vd)
-        v = np.maximum(v * scale, _FLOOR * var_resid)
+        new_v = np.maximum(v * scale, _FLOOR * var_resid)
         vd = max(vd * scale, _FLOOR * var_resid) if n_ev else vd
+        change = float(np.max(np.abs(new_v - v_prev) / v_prev))
+        v = new_v
+        if change < _TOL:
+            break
+        v_prev = v
 
     w = 1.0 / v[gi]
     W = _wsum(ki, w, n_kr) + ev / vd
@@ -185,8 +250,9 @@ def score_krs(
     with np.errstate(divide="ignore"):
         df = np.where(parts > 0, var * var / np.where(parts > 0, parts, 1.0), np.inf)
     q = 0.5 + confidence / 2.0
-    crit = np.where(np.isfinite(df), scipy.stats.t.ppf(q, np.maximum(df, 1.0)), 0.0)
-    crit = np.where(np.isfinite(df), crit, float(scipy.special.ndtri(q)))
+    finite = np.isfinite(df)
+    crit = np.full(n_kr, float(scipy.special.ndtri(q)))
+    crit[finite] = scipy.special.stdtrit(np.maximum(df[finite], 1.0), q)
     return KRScores(
         value=value,
         se=np.sqrt(var),

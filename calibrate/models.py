@@ -110,9 +110,13 @@ class HeldVariance(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class AdditiveModel(_Spec, frozen=True, tag="additive"):
     """Grade = KR achievement + grader leniency + noise, crossed random effects.
 
-    Variance components by REML; leniency by empirical-Bayes (BLUP) shrinkage.
-    Evidence grades are extra observations of a KR's achievement, with their own
-    estimated noise variance, and define the zero of leniency.
+    Variance components by REML. Evidence grades are extra observations of a KR's
+    achievement, with their own estimated noise variance, and define the zero of
+    leniency. Leniency is measured within KRs (against the evidence and co-graders;
+    the KR effects carry no prior) and shrunk empirical-Bayes with a two-normal
+    mixture prior. A KR's calibrated grade weights its grades by their grader's own
+    moderated noise variance and its evidence; intervals use t quantiles. See
+    :mod:`calibrate.scoring`.
     """
 
     #: Hold these variance components instead of estimating them by REML.

@@ -1,26 +1,33 @@
-"""Calibrated KR grades of the additive model: grader effects and noise measured within KRs.
+"""The additive model's leniencies and KR grades, measured within KRs.
 
 The REML fit (:mod:`calibrate.reml`) gives the variance components and the
-flagged leniencies. A KR's calibrated grade is then made in three steps:
+residual diagnostics. Leniencies and calibrated KR grades are then made in four
+steps:
 
 1. **Grader effects within KRs.** The mixed-model equations are solved again with
-   a flat prior on the KR effects and the grader effects shrunk at REML's grader
-   variance (:func:`calibrate.reml.fit_within`). Only contrasts inside a KR — a grade
-   against the evidence or against another grader's grade — inform a grader's
-   effect, so a team whose KRs truly do better is not read as a lenient manager,
-   and a KR's grade is not pulled toward the organisation's mean.
-2. **Each grader's own noise.** Graders differ in how well their grades agree with
-   the evidence and with other graders (a grader who compresses grades toward the
-   middle agrees worse). Each grader's residual variance is estimated from
-   leave-one-out residuals within KRs, moderated toward a common value with a prior
-   whose strength is estimated from the spread of the graders' variances (the
-   empirical-Bayes variance moderation of Smyth, 2004), and the evidence's variance
-   alongside. Their overall level is REML's: the residual and evidence variances of
-   the REML fit fix the total, the within-KR moments split it.
-3. **The KR grade** is the precision-weighted mean of the KR's grades, each corrected
-   by its grader's effect, and its evidence. Its variance adds the error of the
-   grader effects; its interval uses a t quantile with Satterthwaite's degrees of
-   freedom, since the variances are estimated from a grader's few linking grades.
+   a flat prior on the KR effects and the grader effects at REML's grader variance
+   (:func:`calibrate.reml.fit_within`). Only contrasts inside a KR — a grade against
+   the evidence or against another grader's grade — inform a grader's effect, so a
+   team whose KRs truly do better is not read as a lenient manager, and a KR's
+   grade is not pulled toward the organisation's mean.
+2. **A spike-and-slab-like leniency prior** (:func:`mixture_effects`). Most graders
+   have no leniency and a few have a large one; a single normal prior shrinks the
+   large ones too far. The prior is a mixture of a narrow and a wide zero-mean
+   normal fitted by EM to the unshrunk estimates; the reported leniency is the
+   posterior mean. The flagging test statistic undoes the shrinkage, so it does not
+   depend on the prior.
+3. **Each grader's own noise** (:func:`moderate_variances`). Graders differ in how
+   well their grades agree with the evidence and with other graders (one who
+   compresses grades toward the middle agrees worse). Each grader's residual
+   variance is estimated from leave-one-out residuals within KRs and moderated
+   toward a common value with a prior whose strength is estimated from the spread
+   of the graders' variances (Smyth 2004); the evidence's variance alongside. The
+   overall level is REML's: its residual and evidence variances fix the total, the
+   within-KR moments split it.
+4. **The KR grade** is the precision-weighted mean of the KR's grades, each
+   corrected by its grader's leniency, and its evidence. Its variance adds the
+   error of the leniencies; its interval uses a t quantile with Satterthwaite's
+   degrees of freedom, since a grader's variance rests on few linking grades.
 
 References: Henderson (1984), mixed-model equations; Smyth (2004), "Linear models
 and empirical Bayes methods for assessing differential expression", Stat. Appl.

@@ -10,12 +10,11 @@ steps:
    the evidence or against another grader's grade — inform a grader's effect, so a
    team whose KRs truly do better is not read as a lenient manager, and a KR's
    grade is not pulled toward the organisation's mean.
-2. **A spike-and-slab-like leniency prior** (:func:`mixture_effects`). Most graders
+2. **A spike-and-slab leniency prior** (:func:`mixture_effects`). Most graders
    have no leniency and a few have a large one; a single normal prior shrinks the
-   large ones too far. The prior is a mixture of a narrow and a wide zero-mean
-   normal fitted by EM to the unshrunk estimates; the reported leniency is the
-   posterior mean. The flagging test statistic undoes the shrinkage, so it does not
-   depend on the prior.
+   large ones too far. The prior is a spike at 0 plus a normal slab, fitted by EM
+   to the unshrunk estimates; the reported leniency is the posterior mean. The
+   flagging test statistic undoes the shrinkage, so it does not depend on the prior.
 3. **Each grader's own noise** (:func:`moderate_variances`). Graders differ in how
    well their grades agree with the evidence and with other graders (one who
    compresses grades toward the middle agrees worse). Each grader's residual
@@ -121,60 +120,65 @@ def moderate_variances(s2: FloatArray, df: FloatArray) -> tuple[FloatArray, floa
     return post, d0, s0
 
 
+def _mixture_posterior(
+    u: FloatArray, s2: FloatArray, tau: FloatArray, weight: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, float]:
+    """Per estimate and component: responsibility, posterior mean and variance; log likelihood."""
+    tot = tau[None, :] + s2[:, None]
+    log_dens = -0.5 * (np.log(2.0 * math.pi * tot) + u[:, None] ** 2 / tot) + np.log(weight)
+    top = log_dens.max(axis=1, keepdims=True)
+    dens = np.exp(log_dens - top)
+    total = dens.sum(axis=1, keepdims=True)
+    loglik = float((np.log(total) + top).sum())
+    resp = dens / total
+    pm = u[:, None] * tau[None, :] / tot
+    pv = tau[None, :] * s2[:, None] / tot
+    return resp, pm, pv, loglik
+
+
 def mixture_effects(
     b_hat: FloatArray, b_pev: FloatArray, var_b: float
-) -> tuple[FloatArray, FloatArray, tuple[float, float, float]]:
-    """Grader effects under a spike-and-slab-like prior: posterior means and variances.
+) -> tuple[FloatArray, FloatArray, tuple[float, float]]:
+    """Grader effects under a spike-and-slab prior: posterior means and variances.
 
     A normal prior shrinks every effect by the same share, so it pulls the few
     large effects (a clearly lenient grader) too far toward 0 when most graders
-    have none. Here the prior is a mixture of two zero-mean normals, a narrow one
-    and a wide one, fitted by EM to the unshrunk estimates ``b_hat / lam`` (with
+    have none. Here the prior is a mixture of a spike at 0 (no effect) and a
+    zero-mean normal slab, its weight and variance fitted by EM (maximum marginal
+    likelihood) to the unshrunk estimates ``b_hat / lam`` (with
     ``lam = 1 - PEV / var_b``, variance ``PEV / lam``); each grader's posterior mixes
-    the two components' posteriors. Graders whose estimate carries no information
-    (``lam`` about 0), and fits with fewer than 8 informative graders, keep the
-    normal-prior values. Returns the means, the variances and the prior
-    (weight of the wide component, narrow variance, wide variance).
+    0 and the slab's posterior. With no spike weight this is the normal prior
+    again. Graders whose estimate carries no information (``lam`` about 0), and
+    fits with fewer than 8 informative graders, keep the normal-prior values.
+    Returns the means, the variances and the prior (slab weight, slab variance).
     """
     out_mean, out_var = b_hat.copy(), b_pev.copy()
     if not var_b > 0 or not math.isfinite(var_b):
-        return out_mean, out_var, (math.nan, math.nan, math.nan)
+        return out_mean, out_var, (math.nan, math.nan)
     lam = 1.0 - b_pev / var_b
     informative = lam > 1e-4
     if int(informative.sum()) < 8:
-        return out_mean, out_var, (math.nan, math.nan, math.nan)
+        return out_mean, out_var, (math.nan, math.nan)
     u = b_hat[informative] / lam[informative]
     s2 = b_pev[informative] / lam[informative]
-    floor = 1e-8 * var_b
-    tau = np.array([var_b / 10.0, 2.0 * var_b])
+    # component 0 is the spike (variance 0: no effect), component 1 the slab
+    tau = np.array([0.0, 2.0 * var_b])
     weight = np.array([0.5, 0.5])
+    resp, pm, pv, loglik = _mixture_posterior(u, s2, tau, weight)
     for _ in range(_EM_ITERATIONS):
-        tot = tau[None, :] + s2[:, None]
-        log_dens = -0.5 * (np.log(tot) + u[:, None] ** 2 / tot) + np.log(weight)[None, :]
-        log_dens -= log_dens.max(axis=1, keepdims=True)
-        resp = np.exp(log_dens)
-        resp /= resp.sum(axis=1, keepdims=True)
-        pm = u[:, None] * tau[None, :] / tot
-        pv = tau[None, :] * s2[:, None] / tot
-        new_weight = np.clip(resp.mean(axis=0), 1e-6, 1.0)
-        new_weight /= new_weight.sum()
-        new_tau = np.maximum((resp * (pm * pm + pv)).sum(axis=0) / resp.sum(axis=0), floor)
-        change = float(np.max(np.abs(new_tau - tau) / tau))
-        tau, weight = new_tau, new_weight
-        if change < 1e-5:
+        weight = np.clip(resp.mean(axis=0), 1e-6, 1.0)
+        weight /= weight.sum()
+        slab = resp[:, 1]
+        tau[1] = max(float((slab * (pm[:, 1] ** 2 + pv[:, 1])).sum() / slab.sum()), 1e-8 * var_b)
+        previous = loglik
+        resp, pm, pv, loglik = _mixture_posterior(u, s2, tau, weight)
+        # EM never lowers the likelihood; stop when it no longer rises
+        if loglik - previous < 1e-8 * u.shape[0]:
             break
-    tot = tau[None, :] + s2[:, None]
-    log_dens = -0.5 * (np.log(tot) + u[:, None] ** 2 / tot) + np.log(weight)[None, :]
-    log_dens -= log_dens.max(axis=1, keepdims=True)
-    resp = np.exp(log_dens)
-    resp /= resp.sum(axis=1, keepdims=True)
-    pm = u[:, None] * tau[None, :] / tot
-    pv = tau[None, :] * s2[:, None] / tot
     mean = (resp * pm).sum(axis=1)
     out_mean[informative] = mean
     out_var[informative] = np.maximum((resp * (pm * pm + pv)).sum(axis=1) - mean * mean, 0.0)
-    wide = int(np.argmax(tau))
-    return out_mean, out_var, (float(weight[wide]), float(tau.min()), float(tau.max()))
+    return out_mean, out_var, (float(weight[1]), float(tau[1]))
 
 
 def score_krs(

@@ -250,9 +250,9 @@ def test_additive_shift_moves_leniency_by_about_c() -> None:
     lb = AdditiveModel().fit(moved).graders[20].leniency
     assert la is not None
     assert lb is not None
-    # The leniency prior is a two-normal mixture: the unshifted grader sits in the
-    # narrow (no effect) part and is shrunk to about 0, the shifted one in the wide
-    # part and is shrunk little, so the move is c up to a fraction of its standard
+    # The leniency prior is spike-and-slab: the unshifted grader sits in the spike
+    # (no effect) and is shrunk to about 0, the shifted one in the slab and is
+    # shrunk little, so the move is c up to a fraction of its standard
     # error (about 0.02 here), either side.
     assert lb - la == pytest.approx(0.3, abs=0.03)
 

@@ -206,7 +206,10 @@ def score_krs(
 
     v = np.full(n_gr, var_resid)
     vd = var_evidence if n_ev and var_evidence else var_resid
-    df_g = np.zeros(n_gr)
+    # a grade informs its grader's variance when its KR has another grade or evidence
+    linked = (_wsum(ki, np.ones(d.n_obs), n_kr) + ev)[ki] >= 2
+    # one degree of freedom per grader goes to its effect
+    df_g = np.maximum(_wsum(gi, linked.astype(np.float64), n_gr) - 1.0, 0.0)
     prior_df = math.inf
     v_prev = v
     for _ in range(_ITERATIONS):
@@ -214,17 +217,13 @@ def score_krs(
         W = _wsum(ki, w, n_kr) + ev / vd
         S = _wsum(ki, w * m, n_kr) + ev_val / vd
         # leave-one-out: each grade against the rest of its KR
-        rest = W[ki] - w
-        linked = rest > 1e-9 * W[ki]
-        rest_s = np.where(linked, rest, 1.0)
+        rest_s = np.where(linked, W[ki] - w, 1.0)
         loo = (S[ki] - w * m) / rest_s
         r2 = np.where(linked, (m - loo) ** 2, 0.0)
         # E[r2] = v_j + 1/rest: divide by the expected share of v_j
         expect = np.where(linked, 1.0 + 1.0 / (rest_s * v[gi]), 0.0)
         den = _wsum(gi, expect, n_gr)
         s2 = np.where(den > 0, _wsum(gi, r2, n_gr) / np.where(den > 0, den, 1.0), 0.0)
-        # one degree of freedom per grader goes to its effect
-        df_g = np.maximum(_wsum(gi, linked.astype(np.float64), n_gr) - 1.0, 0.0)
         post, prior_df, _ = moderate_variances(s2, df_g)
         if not np.all(np.isfinite(post)):
             post, prior_df = np.full(n_gr, var_resid), math.inf

@@ -158,7 +158,10 @@ def test_facilitator_session_from_sign_in_to_final(
     driver.find_element(By.ID, "lock-comment").send_keys("room agreed")
     driver.find_element(By.ID, "lock-confirm").click()
     driver.find_element(By.CSS_SELECTOR, "#lock-form button").click()
-    _wait(driver, "#done")
+    # the adjustment's page already has a #done: wait for the locked page itself
+    WebDriverWait(driver, 30).until(
+        ec.text_to_be_present_in_element((By.ID, "session-status"), "locked")
+    )
     assert driver.find_element(By.ID, "session-status").text == "locked"
     assert not driver.find_elements(By.ID, "adjust-form")
     kinds = [

@@ -10,6 +10,7 @@ app from the environment (:func:`app_from_env`).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -44,7 +45,14 @@ def app_from_env() -> Litestar:
     settings = Settings.from_env()
     if settings.redis_url is None:
         raise SettingsError("REDIS_URL must be set for worker processes")
-    return create_app(settings, RedisStore(settings.redis_url))
+    app = create_app(settings, RedisStore(settings.redis_url))
+    # The ~200,000 objects of the app (routes, schemas, modules) live as long as the
+    # process: frozen, the garbage collector no longer walks them in every full
+    # collection. Under GET load these took up to 120-160 ms each, and set the p99
+    # (87-91 ms); frozen, the longest is 7-12 ms and p99 22-23 ms (benchmarks/http_load.py).
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def _exit_on_signal(_signum: int, _frame: object) -> None:

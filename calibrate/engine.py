@@ -422,8 +422,8 @@ def _fit_mixed(
         return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=True)
     d, with_ev = _design(t, use=use)
     fit = _reml_or_held(d, held)
-    # the owners' achievements come with the KR grades of _within_scores
-    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False, with_owners=False)
+    # the KR grades, their errors and the owners' achievements come from _within_scores
+    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False, kr_grades=False)
     return _within_scores(t, graph, est, fit, confidence)
 
 
@@ -577,8 +577,10 @@ def _mixed_estimates(
     *,
     with_ev: bool,
     fixed: bool,
-    with_owners: bool = True,
+    kr_grades: bool = True,
 ) -> _Estimates:
+    """Estimates from a mixed-model fit; without ``kr_grades`` the KR grades' errors
+    (NaN) and the owners' achievements (none) are left to the caller."""
     d = fit.data
     p = d.p
     len_hat, len_var, z = _leniency(fit, None if fixed or not with_ev else 1, fixed=fixed)
@@ -587,13 +589,16 @@ def _mixed_estimates(
     # Calibrated KR grade: intercept + KR effect (what a grader with no leniency would give).
     mu = float(fit.beta[0]) if p else 0.0
     kr_value = mu + fit.a
-    kr_var = kr_variance(fit)
-    kr_se = np.sqrt(np.maximum(kr_var, 0.0))
+    owners: dict[str, tuple[float, float]] = {}
+    if kr_grades:
+        kr_se = np.sqrt(np.maximum(kr_variance(fit), 0.0))
 
-    def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
-        return contrast_var_multi(fit, row, kr, w, n_rows)
+        def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
+            return contrast_var_multi(fit, row, kr, w, n_rows)
 
-    owners = _owner_mixed(t, graph, kr_value, owner_var) if with_owners else {}
+        owners = _owner_mixed(t, graph, kr_value, owner_var)
+    else:
+        kr_se = np.full(d.n_kr, np.nan)
 
     # Residuals and their variances for infit/outfit and unexpected grades.
     coef = d.coef

@@ -89,6 +89,37 @@ def _trigamma_inverse(y: float) -> float:
     return x
 
 
+@dataclass(frozen=True)
+class _DfTerms:
+    """The parts of :func:`moderate_variances` that depend on the degrees of freedom only.
+
+    :func:`score_krs` moderates new variances with the same ``df`` at every
+    iteration; these per-entry values (``digamma``, ``log`` and ``trigamma`` of
+    ``df / 2``, 0 where ``df <= 0``) are then computed once. Picking entries from
+    them gives the same numbers as computing them on the picked entries.
+    """
+
+    df: FloatArray
+    positive: npt.NDArray[np.bool_]
+    digamma: FloatArray
+    log_half: FloatArray
+    trigamma: FloatArray
+
+    @classmethod
+    def of(cls, df: FloatArray) -> _DfTerms:
+        positive = df > 0
+        half = df[positive] / 2.0
+        digamma, log_half, trigamma = (
+            np.zeros(df.shape[0]),
+            np.zeros(df.shape[0]),
+            np.zeros(df.shape[0]),
+        )
+        digamma[positive] = scipy.special.digamma(half)
+        log_half[positive] = np.log(half)
+        trigamma[positive] = scipy.special.polygamma(1, half)
+        return cls(df, positive, digamma, log_half, trigamma)
+
+
 def moderate_variances(s2: FloatArray, df: FloatArray) -> tuple[FloatArray, float, float]:
     """Empirical-Bayes moderated variances: (posterior variances, prior df, prior variance).
 
@@ -103,14 +134,19 @@ def moderate_variances(s2: FloatArray, df: FloatArray) -> tuple[FloatArray, floa
     >>> d0, bool(np.allclose(v, s0))
     (inf, True)
     """
-    ok = (df > 0) & (s2 > 0)
+    return _moderate(s2, _DfTerms.of(df))
+
+
+def _moderate(s2: FloatArray, terms: _DfTerms) -> tuple[FloatArray, float, float]:
+    """:func:`moderate_variances` with the degrees of freedom's terms computed already."""
+    df = terms.df
+    ok = terms.positive & (s2 > 0)
     if int(ok.sum()) < 3:
         pooled = float((s2[ok] * df[ok]).sum() / df[ok].sum()) if ok.any() else math.nan
         return np.full(s2.shape[0], pooled), math.inf, pooled
-    half = df[ok] / 2.0
-    z = np.log(s2[ok]) - scipy.special.digamma(half) + np.log(half)
+    z = np.log(s2[ok]) - terms.digamma[ok] + terms.log_half[ok]
     mean_z = float(z.mean())
-    excess = float(z.var(ddof=1)) - float(np.mean(scipy.special.polygamma(1, half)))
+    excess = float(z.var(ddof=1)) - float(np.mean(terms.trigamma[ok]))
     if excess <= 0:
         s0 = math.exp(mean_z)
         return np.full(s2.shape[0], s0), math.inf, s0
@@ -210,33 +246,53 @@ def score_krs(
     linked = (_wsum(ki, np.ones(d.n_obs), n_kr) + ev)[ki] >= 2
     # one degree of freedom per grader goes to its effect
     df_g = np.maximum(_wsum(gi, linked.astype(np.float64), n_gr) - 1.0, 0.0)
+    terms = _DfTerms.of(df_g)
+    # Only linked grades enter the iterations: a KR is linked as a whole, so its sums
+    # are the same, and the grades left out would add exact zeros to the graders' sums.
+    if linked.all():
+        gl, kl, ml = gi, ki, m
+    else:
+        gl, kl, ml = gi[linked], ki[linked], m[linked]
+    ev_at = np.flatnonzero(ev)
+    ev_val_at = ev_val[ev_at]
+    total = d.n_obs * var_resid + (n_ev * var_evidence if n_ev and var_evidence else 0.0)
     prior_df = math.inf
     v_prev = v
     for _ in range(_ITERATIONS):
-        w = 1.0 / v[gi]
-        W = _wsum(ki, w, n_kr) + ev / vd
-        S = _wsum(ki, w * m, n_kr) + ev_val / vd
-        # leave-one-out: each grade against the rest of its KR
-        rest_s = np.where(linked, W[ki] - w, 1.0)
-        loo = (S[ki] - w * m) / rest_s
-        r2 = np.where(linked, (m - loo) ** 2, 0.0)
+        vg = v[gl]
+        w = 1.0 / vg
+        wm = w * ml
+        W = _wsum(kl, w, n_kr) + ev / vd
+        S = _wsum(kl, wm, n_kr) + ev_val / vd
+        # leave-one-out: each grade against the rest of its KR (in place: one pass each)
+        rest_s = W[kl]
+        rest_s -= w
+        r2 = S[kl]
+        r2 -= wm
+        r2 /= rest_s
+        np.subtract(ml, r2, out=r2)
+        np.square(r2, out=r2)
         # E[r2] = v_j + 1/rest: divide by the expected share of v_j
-        expect = np.where(linked, 1.0 + 1.0 / (rest_s * v[gi]), 0.0)
-        den = _wsum(gi, expect, n_gr)
-        s2 = np.where(den > 0, _wsum(gi, r2, n_gr) / np.where(den > 0, den, 1.0), 0.0)
-        post, prior_df, _ = moderate_variances(s2, df_g)
+        expect = rest_s
+        expect *= vg
+        np.divide(1.0, expect, out=expect)
+        expect += 1.0
+        den = _wsum(gl, expect, n_gr)
+        s2 = np.where(den > 0, _wsum(gl, r2, n_gr) / np.where(den > 0, den, 1.0), 0.0)
+        post, prior_df, _ = _moderate(s2, terms)
         if not np.all(np.isfinite(post)):
             post, prior_df = np.full(n_gr, var_resid), math.inf
         v = post
         if n_ev:
-            rest_e = W - ev / vd
-            ok_e = ev & (rest_e > 1e-9 * W)
+            W_e = W[ev_at]
+            rest_e = W_e - 1.0 / vd
+            ok_e = rest_e > 1e-9 * W_e
             if ok_e.any():
-                loo_e = (S[ok_e] - ev_val[ok_e] / vd) / rest_e[ok_e]
-                r2e = (ev_val[ok_e] - loo_e) ** 2
+                val_e = ev_val_at[ok_e]
+                loo_e = (S[ev_at[ok_e]] - val_e / vd) / rest_e[ok_e]
+                r2e = (val_e - loo_e) ** 2
                 vd = float(r2e.sum() / (1.0 + 1.0 / (rest_e[ok_e] * vd)).sum())
         # REML fixes the overall level; the moments only split it
-        total = d.n_obs * var_resid + (n_ev * var_evidence if n_ev and var_evidence else 0.0)
         scale = total / (float(v[gi].sum()) + n_ev * vd)
         new_v = np.maximum(v * scale, _FLOOR * var_resid)
         vd = max(vd * scale, _FLOOR * var_resid) if n_ev else vd

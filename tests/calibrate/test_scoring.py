@@ -3,13 +3,24 @@ and what they do to KR grades and intervals."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from typing import Any
+
+import msgspec
 import numpy as np
+import numpy.typing as npt
 import pytest
+import scipy.special
 
 from anchors.scales import parse_scale
-from calibrate import AdditiveModel
+from calibrate import AdditiveModel, engine, scoring
+from calibrate.reml import CrossedFit
 from calibrate.scoring import mixture_effects, moderate_variances
+from calibrate.simulate import scenario, simulate_org
 from calibrate.table import GradeTable
+
+FloatArray = npt.NDArray[np.float64]
 
 
 def test_moderated_variances_recover_the_prior_and_sit_between_sample_and_prior() -> None:
@@ -111,3 +122,100 @@ def test_a_noisy_grader_gets_wider_intervals_and_less_weight() -> None:
     err_cal = np.sqrt(np.mean((cal[sel] - truth[idx[sel]]) ** 2))
     err_raw = np.sqrt(np.mean((raw[sel] - truth[idx[sel]]) ** 2))
     assert err_cal < 0.6 * err_raw
+
+
+def _reference_moderate(s2: FloatArray, df: FloatArray) -> FloatArray:
+    """Moderated variances computed from scratch at every call (the slow reference)."""
+    ok = (df > 0) & (s2 > 0)
+    half = df[ok] / 2.0
+    z = np.log(s2[ok]) - scipy.special.digamma(half) + np.log(half)
+    excess = float(z.var(ddof=1)) - float(np.mean(scipy.special.polygamma(1, half)))
+    if int(ok.sum()) < 3 or excess <= 0:
+        return moderate_variances(s2, df)[0]  # the common-variance cases: no df terms used
+    d0 = 2.0 * scoring._trigamma_inverse(excess)
+    s0 = math.exp(float(z.mean()) + float(scipy.special.digamma(d0 / 2.0)) - math.log(d0 / 2.0))
+    out: FloatArray = np.where(ok, (d0 * s0 + df * np.where(ok, s2, 0.0)) / (d0 + df), s0)
+    return out
+
+
+def _reference_grader_var(
+    within: CrossedFit, effect: FloatArray, var_resid: float, var_evidence: float | None
+) -> tuple[FloatArray, float]:
+    """score_krs's variance iterations written plainly: every grade, masks, no reuse."""
+    d = within.data
+    gi, ki, ev = d.gr, d.kr, d.ev_mask
+    n_ev = int(ev.sum())
+    m = d.y - effect[gi]
+    ev_val = np.where(ev, d.ev_value, 0.0)
+    v = np.full(d.n_gr, var_resid)
+    vd = var_evidence if n_ev and var_evidence else var_resid
+    linked = (np.bincount(ki, minlength=d.n_kr) + ev)[ki] >= 2
+    df_g = np.maximum(np.bincount(gi, weights=linked, minlength=d.n_gr) - 1.0, 0.0)
+    v_prev = v
+    for _ in range(scoring._ITERATIONS):
+        w = 1.0 / v[gi]
+        W = np.bincount(ki, weights=w, minlength=d.n_kr) + ev / vd
+        S = np.bincount(ki, weights=w * m, minlength=d.n_kr) + ev_val / vd
+        rest_s = np.where(linked, W[ki] - w, 1.0)
+        loo = (S[ki] - w * m) / rest_s
+        r2 = np.where(linked, (m - loo) ** 2, 0.0)
+        expect = np.where(linked, 1.0 + 1.0 / (rest_s * v[gi]), 0.0)
+        den = np.bincount(gi, weights=expect, minlength=d.n_gr)
+        num = np.bincount(gi, weights=r2, minlength=d.n_gr)
+        v = _reference_moderate(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), df_g)
+        if n_ev:
+            rest_e = W - ev / vd
+            ok_e = ev & (rest_e > 1e-9 * W)
+            loo_e = (S[ok_e] - ev_val[ok_e] / vd) / rest_e[ok_e]
+            r2e = (ev_val[ok_e] - loo_e) ** 2
+            vd = float(r2e.sum() / (1.0 + 1.0 / (rest_e[ok_e] * vd)).sum())
+        total = d.n_obs * var_resid + (n_ev * var_evidence if n_ev and var_evidence else 0.0)
+        scale = total / (float(v[gi].sum()) + n_ev * vd)
+        new_v = np.maximum(v * scale, scoring._FLOOR * var_resid)
+        vd = max(vd * scale, scoring._FLOOR * var_resid) if n_ev else vd
+        change = float(np.max(np.abs(new_v - v_prev) / v_prev))
+        v = v_prev = new_v
+        if change < scoring._TOL:
+            break
+    return v, vd
+
+
+@pytest.mark.parametrize("single", [0, 25])
+def test_score_krs_fast_iterations_match_the_plain_reference_exactly(
+    monkeypatch: pytest.MonkeyPatch, single: int
+) -> None:
+    # score_krs iterates on linked grades only, in place, with the df terms computed once;
+    # the plain version must give the very same numbers, when every grade is linked and
+    # with KRs that have a single grade and no evidence (which the fast path leaves out)
+    sim = simulate_org(
+        np.random.default_rng(11), msgspec.structs.replace(scenario("realistic"), n_graders=40)
+    )
+    evidence = sim.evidence_map()
+    kr_ids, gr_ids = sim.grade_kr_ids(), sim.grade_grader_ids()
+    n_of = Counter(kr_ids)
+    keep = [i for i, k in enumerate(kr_ids) if n_of[k] >= 2 or k in evidence]
+    kr_ids, gr_ids = [kr_ids[i] for i in keep], [gr_ids[i] for i in keep]
+    extra = [f"solo{i}" for i in range(single)]
+    table = GradeTable.from_arrays(
+        kr_ids + extra,
+        gr_ids + gr_ids[:single],
+        np.concatenate([sim.grade[keep], np.full(single, 0.5)]),
+        parse_scale("google"),
+        evidence=evidence,
+    )
+    calls: list[tuple[Any, ...]] = []
+
+    def spy(*args: Any) -> scoring.KRScores:
+        calls.append(args)
+        return scoring.score_krs(*args)
+
+    monkeypatch.setattr(engine, "score_krs", spy)
+    AdditiveModel().fit(table)
+    (args,) = calls
+    within, effect, _, var_resid, var_evidence, _ = args
+    d = within.data
+    assert bool(((np.bincount(d.kr) + d.ev_mask)[d.kr] >= 2).all()) == (single == 0)
+    fast = scoring.score_krs(*args)
+    v, vd = _reference_grader_var(within, effect, var_resid, var_evidence)
+    assert np.array_equal(fast.grader_var, v)
+    assert fast.evidence_var == vd

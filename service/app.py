@@ -929,7 +929,7 @@ def create_app(settings: Settings, store: Store, *, run_workers: int | None = No
     n_workers = settings.run_workers if run_workers is None else run_workers
     metrics = Metrics()
     workers = [RunWorker(store, settings) for _ in range(n_workers)]
-    webhooks = WebhookWorker(store)  # deliveries run beside the API, never inside a request
+    webhooks = WebhookWorker(store, settings)  # deliveries beside the API, not in a request
     metrics.gauges["runs_processed"] = lambda: float(sum(w.processed for w in workers))
 
     @contextlib.asynccontextmanager

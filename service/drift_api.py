@@ -38,7 +38,7 @@ from calibrate.drift import (
 )
 from service import keys as K  # noqa: N812 - read as "keys"
 from service.audit import redis_of
-from service.auth import SCOPE_OPT, require_scope
+from service.auth import SCOPE_OPT
 from service.problems import ProblemError
 from service.results import grader_effects, owner_achievements
 from service.runs import build_table, load_org_catalogue
@@ -360,7 +360,6 @@ class DriftController(Controller):
     """Graders over time, self-grading and sandbagging (HR)."""
 
     path = "/v1/orgs/{org:str}/drift"
-    guards = (require_scope,)
     opt = {SCOPE_OPT: "hr:read"}  # noqa: RUF012 - litestar merges this dict into each route
     tags = ("drift",)
 

@@ -48,6 +48,7 @@ __all__ = [
     "ORG_PATTERN",
     "RUN_GROUP",
     "RUN_STREAM",
+    "RUN_SWEEP_LOCK",
     "WEBHOOK_GROUP",
     "WEBHOOK_RETRY",
     "WEBHOOK_STREAM",
@@ -66,6 +67,8 @@ _PREFIX = "okrcal"
 #: The stream of queued calibration runs, and its consumer group.
 RUN_STREAM = f"{_PREFIX}:{{queue}}:runs"
 RUN_GROUP = "okrcal-workers"
+#: Held by the worker that sweeps lost runs, for one interval (beside the stream it reads).
+RUN_SWEEP_LOCK = f"{RUN_STREAM}:sweep"
 #: Webhook deliveries to make, their consumer group, and the deliveries waiting to retry.
 WEBHOOK_STREAM = f"{_PREFIX}:{{queue}}:webhooks"
 WEBHOOK_GROUP = "okrcal-webhooks"

@@ -334,7 +334,7 @@ _sweep_scripts: dict[str, Any] = {}
 _ALL_RUN_INDEXES = K.OrgKeys("0").runs("*").replace("{0}", "{*}")
 _RUN_INDEX = re.compile(r"^okrcal:\{(?P<org>[^{}]+)\}:runs:(?P<cycle>[^:]+)$")
 #: Held by the worker that sweeps, for one interval: one sweep per interval, whoever runs it.
-_SWEEP_LOCK = f"{K.RUN_STREAM}:sweep"  # in the {queue} slot, beside the stream it reads
+_SWEEP_LOCK = K.RUN_SWEEP_LOCK
 _PENDING_MAX = 100_000
 
 

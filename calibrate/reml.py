@@ -415,6 +415,7 @@ class _State:
     T: FloatArray
     beta: FloatArray
     b: FloatArray
+    a: FloatArray  # per KR
 
 
 def _evaluate(d: CrossedData, log_ratios: FloatArray, keep: bool = False) -> _State | float:
@@ -485,14 +486,18 @@ def _evaluate_inv(
     else:
         logdet_T, beta = 0.0, np.zeros(0)
     b = sb_r - H @ beta
-    q = d.yty + d.ztz / td - float(ry @ ryc) - float(beta @ r_beta) - float(b @ r_b)
+    # KR effects from the absorbed equations
+    a = (ry - A @ beta - np.asarray(d.Zw.T @ b)) * inv_c
     nu = d.n_obs + d.n_ev - d.p
     fixed_effects = inv_ta == 0.0 or inv_tb == 0.0
     if fixed_effects:
+        q = d.yty + d.ztz / td - float(ry @ ryc) - float(beta @ r_beta) - float(b @ r_b)
         # least squares: an exact fit (q = 0, up to rounding) is legitimate
         q = max(q, 0.0)
-    elif q <= 0:
-        return math.inf if not keep else _fail()
+    else:
+        q = _penalised_rss(d, beta, a, b, inv_ta, inv_tb, td)
+        if q <= 0:
+            return math.inf if not keep else _fail()
     if not keep and fixed_effects:
         return q
     log_r0 = d.n_ev * math.log(td)
@@ -502,7 +507,30 @@ def _evaluate_inv(
     dev = log_r0 + log_g0 + logdet_c + nu * log_q + nu * (1 + math.log(2 * math.pi))
     if not keep:
         return dev
-    return _State(dev, q, c, ry, A, pair_w, inv_parts, H, sb_r, T, beta, b)
+    return _State(dev, q, c, ry, A, pair_w, inv_parts, H, sb_r, T, beta, b, a)
+
+
+def _penalised_rss(
+    d: CrossedData,
+    beta: FloatArray,
+    a: FloatArray,
+    b: FloatArray,
+    inv_ta: float,
+    inv_tb: float,
+    td: float,
+) -> float:
+    """``y'P0y`` as the penalised residual sum of squares at the solution.
+
+    It equals ``y'y + z'z/t_d - sol'rhs``, but that difference cancels about two
+    digits (``y'y`` is ~100 times ``q`` on graded data) and its rounding jitters by
+    ~1e-11 relative from one point to the next: enough to make L-BFGS-B's line search
+    fail near the optimum and retry points it has seen. A sum of squares has no
+    cancellation, and an error in the solution moves it only to second order.
+    """
+    r = d.y - d.X @ beta - d.coef * a[d.kr] - b[d.gr]
+    ev = np.flatnonzero(d.ev_mask)
+    e = d.ev_value[ev] - d.Xe[ev] @ beta - a[ev]
+    return float(r @ r) + float(e @ e) / td + inv_ta * float(a @ a) + inv_tb * float(b @ b)
 
 
 #: Blocks at least this large are factorised one at a time by Cholesky (LAPACK potrf/potri,
@@ -576,8 +604,7 @@ def _deviance_and_gradient(
     inv_c = 1.0 / c
     tr_aa = float(inv_c.sum()) + q_all
     tr_ev = float(inv_c[ev].sum()) + q_ev
-    zb = np.asarray(d.Zw.T @ st.b)
-    a = (st.ry - st.A @ st.beta - zb) * inv_c
+    a = st.a
     if d.p:
         HZ = np.asarray(d.Zw.T @ st.H)
         E = (HZ - st.A) * inv_c[:, None]

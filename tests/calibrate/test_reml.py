@@ -35,13 +35,11 @@ def _small_fit(seed: int, *, affine: bool) -> CrossedFit:
     return fit_crossed(d)
 
 
-def _dense_cov(fit: CrossedFit) -> np.ndarray:
-    """Error covariance of (beta, a, b) from the full mixed-model equations, inverted densely."""
-    d = fit.data
-    s2 = fit.var_resid
-    ta, tb = fit.var_kr / s2, fit.var_grader / s2
-    assert fit.var_evidence is not None
-    td = fit.var_evidence / s2
+def _dense_system(
+    d: reml.CrossedData, ta: float, tb: float, td: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Design of the grades ``W``, of the evidence ``We`` (rows ``ev``), and the full
+    mixed-model equations' matrix ``C`` over (beta, a, b) at variance ratios ta, tb, td."""
     n = d.p + d.n_kr + d.n_gr
     W = np.zeros((d.n_obs, n))
     W[:, : d.p] = d.X
@@ -54,6 +52,16 @@ def _dense_cov(fit: CrossedFit) -> np.ndarray:
     C = W.T @ W + We.T @ We / td
     C[d.p : d.p + d.n_kr, d.p : d.p + d.n_kr] += np.eye(d.n_kr) / ta
     C[d.p + d.n_kr :, d.p + d.n_kr :] += np.eye(d.n_gr) / tb
+    return W, We, C, ev
+
+
+def _dense_cov(fit: CrossedFit) -> np.ndarray:
+    """Error covariance of (beta, a, b) from the full mixed-model equations, inverted densely."""
+    s2 = fit.var_resid
+    assert fit.var_evidence is not None
+    _, _, C, _ = _dense_system(
+        fit.data, fit.var_kr / s2, fit.var_grader / s2, fit.var_evidence / s2
+    )
     return np.linalg.inv(C) * s2
 
 
@@ -100,3 +108,19 @@ def test_owner_rows_variance_matches_dense_inverse(
     dense = np.einsum("ri,ij,rj->r", L, cov, L)
     got = contrast_var_multi(fit, row, kr, w, n_rows)
     np.testing.assert_allclose(got, dense, rtol=1e-10)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("ratios", [(0.5, 0.2, 0.8), (3.0, 0.05, 0.3), (0.01, 2.0, 5.0)])
+def test_penalised_rss_matches_dense_solution(affine: bool, ratios: tuple[float, ...]) -> None:
+    """The REML criterion's y'P0y, summed as penalised squared residuals, equals the
+    dense mixed-model equations' ``y'y + e'e/t_d - sol'rhs`` at points away from the optimum."""
+    d = _small_fit(11, affine=affine).data
+    ta, tb, td = ratios
+    W, We, C, ev = _dense_system(d, ta, tb, td)
+    rhs = W.T @ d.y + We.T @ d.ev_value[ev] / td
+    yy = float(d.y @ d.y + d.ev_value[ev] @ d.ev_value[ev] / td)
+    dense_q = yy - float(rhs @ np.linalg.solve(C, rhs))
+    st = reml._evaluate_inv(d, 1.0 / ta, 1.0 / tb, td, keep=True)
+    assert isinstance(st, reml._State)
+    assert st.q == pytest.approx(dense_q, rel=1e-10)

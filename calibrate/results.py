@@ -30,7 +30,7 @@ MODEL_VERSION = "2.0.0"
 GraderFlag = Literal["lenient", "severe", "compressing", "expanding", "ok", "insufficient_data"]
 
 
-class GraderEffect(msgspec.Struct, frozen=True, kw_only=True):
+class GraderEffect(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One grader's estimated leniency (and scale, for the affine model).
 
     ``leniency`` is in the input scale's units: how far this grader's grades sit
@@ -59,7 +59,7 @@ class GraderEffect(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
-class KRScore(msgspec.Struct, frozen=True, kw_only=True):
+class KRScore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One KR: raw and evidence grade, and the calibrated grade with its interval (input scale)."""
 
     kr_id: str
@@ -74,7 +74,7 @@ class KRScore(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
-class OwnerAchievement(msgspec.Struct, frozen=True, kw_only=True):
+class OwnerAchievement(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An owner's achievement: the (weighted) mean of their calibrated KR grades."""
 
     owner_id: str
@@ -99,7 +99,7 @@ class VarianceComponents(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
-class Component(msgspec.Struct, frozen=True, kw_only=True):
+class Component(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A connected part of the grader–KR–evidence graph."""
 
     id: int
@@ -109,7 +109,7 @@ class Component(msgspec.Struct, frozen=True, kw_only=True):
     is_reference: bool
 
 
-class UnexpectedGrade(msgspec.Struct, frozen=True, kw_only=True):
+class UnexpectedGrade(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A grade far from what the model expects (|standardised residual| >= 3)."""
 
     kr_id: str

@@ -219,3 +219,16 @@ def test_score_krs_fast_iterations_match_the_plain_reference_exactly(
     v, vd = _reference_grader_var(within, effect, var_resid, var_evidence)
     assert np.array_equal(fast.grader_var, v)
     assert fast.evidence_var == vd
+
+
+def test_t_quantiles_exact_below_100_df_and_never_narrower_above() -> None:
+    df = np.concatenate(
+        [np.linspace(1.0, 99.9, 500), np.exp(np.random.default_rng(3).uniform(4.6, 12.0, 5000))]
+    )
+    for q in (0.95, 0.975, 0.995):
+        got = scoring._t_quantiles(df, q)
+        exact = scipy.special.stdtrit(df, q)
+        small = df < 100
+        assert np.array_equal(got[small], exact[small])
+        assert np.all(got >= exact)
+        assert np.max(got / exact - 1.0) < 2e-5

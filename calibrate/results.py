@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a model's numbers could change for the same input.
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "2.1.0"
 
 GraderFlag = Literal["lenient", "severe", "compressing", "expanding", "ok", "insufficient_data"]
 

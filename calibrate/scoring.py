@@ -15,22 +15,28 @@ steps:
    large ones too far. The prior is a spike at 0 plus a normal slab, fitted by EM
    to the unshrunk estimates; the reported leniency is the posterior mean. The
    flagging test statistic undoes the shrinkage, so it does not depend on the prior.
-3. **Each grader's own noise** (:func:`moderate_variances`). Graders differ in how
+3. **Each grader's own noise** (:func:`_grid_posterior`). Graders differ in how
    well their grades agree with the evidence and with other graders (one who
-   compresses grades toward the middle agrees worse). Each grader's residual
-   variance is estimated from leave-one-out residuals within KRs and moderated
-   toward a common value with a prior whose strength is estimated from the spread
-   of the graders' variances (Smyth 2004); the evidence's variance alongside. The
-   overall level is REML's: its residual and evidence variances fix the total, the
-   within-KR moments split it.
+   compresses grades toward the middle agrees worse). A grade's leave-one-out
+   residual within its KR has variance ``v_j + a``, its grader's variance plus the
+   error of the rest of the KR (``a``, often the evidence's, much larger than
+   ``v_j``), less the share its grader's effect took out; so a grader's residuals
+   measure ``v_j`` only through a difference, and a grader who mostly meets the
+   evidence carries little information on it. Each grader's likelihood for ``v_j``
+   (a scaled chi-square for the residual sum of squares) is therefore combined with
+   a prior on a grid of variances whose weights are fitted to all graders
+   (maximum marginal likelihood; Koenker & Mizera 2014), which lets a few
+   compressing graders have their large variance without pulling the others' up.
+   The evidence's variance comes from its own leave-one-out residuals. A variance
+   is never below ``_FLOOR`` of REML's residual variance.
 4. **The KR grade** is the precision-weighted mean of the KR's grades, each
    corrected by its grader's leniency, and its evidence. Its variance adds the
    error of the leniencies; its interval uses a t quantile with Satterthwaite's
    degrees of freedom, since a grader's variance rests on few linking grades.
 
-References: Henderson (1984), mixed-model equations; Smyth (2004), "Linear models
-and empirical Bayes methods for assessing differential expression", Stat. Appl.
-Genet. Mol. Biol. 3(1), for the moderated variances; Satterthwaite (1946).
+References: Henderson (1984), mixed-model equations; Koenker & Mizera (2014),
+"Convex optimization, shape constraints, compound decisions, and empirical Bayes
+rules", JASA 109(506), for the grid prior; Satterthwaite (1946).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import scipy.special
 
 from calibrate.reml import CrossedFit, _wsum
 
-__all__ = ["KRScores", "group_variance", "mixture_effects", "moderate_variances", "score_krs"]
+__all__ = ["KRScores", "group_variance", "mixture_effects", "score_krs"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -55,6 +61,13 @@ _ITERATIONS = 20
 _TOL = 1e-3
 #: A variance is never taken below this share of the pooled residual variance.
 _FLOOR = 0.05
+#: Points of the grader-variance prior's grid, from the floor to this multiple of the
+#: pooled residual variance (log-spaced).
+_GRID = 16
+_GRID_TOP = 30.0
+#: EM steps on the grid's weights per iteration (warm-started), and their tolerance.
+_GRID_EM_STEPS = 50
+_GRID_EM_TOL = 1e-5
 #: Most EM steps for the leniency prior.
 _EM_ITERATIONS = 300
 
@@ -68,92 +81,70 @@ class KRScores:
     crit: FloatArray  # per KR: t quantile of the interval at the requested confidence
     grader_var: FloatArray  # per grader: residual variance of a grade
     evidence_var: float | None
-    prior_df: float  # strength of the moderation (inf: one common variance)
+    grader_df: FloatArray  # per grader: degrees of freedom of grader_var (inf: exact)
     weight: FloatArray  # per grade: its share of its KR's grade
     effect_var: FloatArray  # per grader: error variance of the grader effect
 
 
-def _trigamma_inverse(y: float) -> float:
-    """x with trigamma(x) = y, by Newton's method (Smyth 2004, limma)."""
-    if y > 1e7:
-        return 1.0 / math.sqrt(y)
-    if y < 1e-6:
-        return 1.0 / y
-    x = 0.5 + 1.0 / y
-    for _ in range(50):
-        tri = float(scipy.special.polygamma(1, x))
-        step = tri * (1.0 - tri / y) / float(scipy.special.polygamma(2, x))
-        x += step
-        if -step / x < 1e-8:
+def _grid_posterior(
+    rss: FloatArray,
+    df: FloatArray,
+    a1: FloatArray,
+    a2: FloatArray,
+    grid: FloatArray,
+    weight: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The graders' variances under a prior on a grid: (prior weights, posterior means, df).
+
+    Grader ``j``'s residuals have variances ``v_j + a_i``, with ``a_i`` averaging
+    ``a1[j]`` and ``a_i**2`` averaging ``a2[j]``; their squares sum to ``rss[j]``, taken
+    as a gamma variable with the mean ``df[j] * (v_j + a1[j])`` and the variance
+    ``2 * df[j] * (v_j**2 + 2 * v_j * a1[j] + a2[j])`` (Satterthwaite; a scaled
+    chi-square with ``df[j]`` degrees of freedom when every ``a_i`` is the same). The
+    prior puts weight ``weight`` on the variances ``grid``; the weights are fitted by
+    EM (maximum marginal likelihood, a nonparametric prior: Koenker & Mizera 2014),
+    starting from ``weight``. The df of a posterior is that of a scaled inverse
+    chi-square with its mean and variance.
+    """
+    # single precision: the likelihoods are relative and need a few digits only
+    f32 = np.float32
+    c1 = np.add.outer(a1.astype(f32), grid.astype(f32))  # mean variance of a residual
+    c2 = c1 * c1
+    c2 += np.maximum(a2 - a1 * a1, 0.0).astype(f32)[:, None]  # mean squared variance
+    theta = c2 / c1
+    theta *= 2.0
+    k = c1 / theta
+    k *= np.maximum(df, 1e-3).astype(f32)[:, None]  # shape: mean^2 / variance
+    k1 = k + 1.0
+    log_k1 = np.log(k1)
+    # log gamma(k) = log gamma(k + 1) - log k, by Stirling's series at k + 1 >= 1
+    lik = (k + 0.5) * log_k1 - k1 + 1.0 / (12.0 * k1) - np.log(k)
+    lik += k * np.log(theta)
+    lik *= -1.0
+    lik += (k - 1.0) * np.log(np.maximum(rss, 1e-300)).astype(f32)[:, None]
+    lik -= rss.astype(f32)[:, None] / theta
+    lik[df <= 0] = 0.0  # no linked grades: a flat likelihood
+    lik -= lik.max(axis=1, keepdims=True)
+    np.exp(lik, out=lik)
+    # graders without linked grades have a flat likelihood: they do not inform the prior
+    n_inform = int(np.count_nonzero(df > 0))
+    share = ((df > 0) / max(n_inform, 1)).astype(np.float32)
+    w32 = weight.astype(np.float32)
+    for _ in range(_GRID_EM_STEPS if n_inform else 0):
+        new = np.asarray(w32 * (lik.T @ (share / (lik @ w32))), dtype=np.float32)
+        done = float(np.max(np.abs(new - w32))) < _GRID_EM_TOL
+        w32 = new
+        if done:
             break
-    return x
-
-
-@dataclass(frozen=True)
-class _DfTerms:
-    """The parts of :func:`moderate_variances` that depend on the degrees of freedom only.
-
-    :func:`score_krs` moderates new variances with the same ``df`` at every
-    iteration; these per-entry values (``digamma``, ``log`` and ``trigamma`` of
-    ``df / 2``, 0 where ``df <= 0``) are then computed once. Picking entries from
-    them gives the same numbers as computing them on the picked entries.
-    """
-
-    df: FloatArray
-    positive: npt.NDArray[np.bool_]
-    digamma: FloatArray
-    log_half: FloatArray
-    trigamma: FloatArray
-
-    @classmethod
-    def of(cls, df: FloatArray) -> _DfTerms:
-        positive = df > 0
-        half = df[positive] / 2.0
-        digamma, log_half, trigamma = (
-            np.zeros(df.shape[0]),
-            np.zeros(df.shape[0]),
-            np.zeros(df.shape[0]),
-        )
-        digamma[positive] = scipy.special.digamma(half)
-        log_half[positive] = np.log(half)
-        trigamma[positive] = scipy.special.polygamma(1, half)
-        return cls(df, positive, digamma, log_half, trigamma)
-
-
-def moderate_variances(s2: FloatArray, df: FloatArray) -> tuple[FloatArray, float, float]:
-    """Empirical-Bayes moderated variances: (posterior variances, prior df, prior variance).
-
-    Sample variances ``s2`` with ``df`` degrees of freedom are taken as scaled
-    chi-square draws around variances that follow a scaled inverse chi-square
-    prior; the prior's degrees of freedom and scale come from the moments of
-    ``log s2`` (Smyth 2004). Entries with ``df == 0`` get the prior variance. With
-    fewer than three informative entries, or no spread beyond sampling noise, every
-    entry gets the common variance (prior df infinite).
-
-    >>> v, d0, s0 = moderate_variances(np.array([1.0, 1.1, 0.9, 1.0]), np.full(4, 10.0))
-    >>> d0, bool(np.allclose(v, s0))
-    (inf, True)
-    """
-    return _moderate(s2, _DfTerms.of(df))
-
-
-def _moderate(s2: FloatArray, terms: _DfTerms) -> tuple[FloatArray, float, float]:
-    """:func:`moderate_variances` with the degrees of freedom's terms computed already."""
-    df = terms.df
-    ok = terms.positive & (s2 > 0)
-    if int(ok.sum()) < 3:
-        pooled = float((s2[ok] * df[ok]).sum() / df[ok].sum()) if ok.any() else math.nan
-        return np.full(s2.shape[0], pooled), math.inf, pooled
-    z = np.log(s2[ok]) - terms.digamma[ok] + terms.log_half[ok]
-    mean_z = float(z.mean())
-    excess = float(z.var(ddof=1)) - float(np.mean(terms.trigamma[ok]))
-    if excess <= 0:
-        s0 = math.exp(mean_z)
-        return np.full(s2.shape[0], s0), math.inf, s0
-    d0 = 2.0 * _trigamma_inverse(excess)
-    s0 = math.exp(mean_z + float(scipy.special.digamma(d0 / 2.0)) - math.log(d0 / 2.0))
-    post = np.where(ok, (d0 * s0 + df * np.where(ok, s2, 0.0)) / (d0 + df), s0)
-    return post, d0, s0
+    weight = w32.astype(np.float64)
+    post = lik.astype(np.float64)
+    post *= weight
+    post /= post.sum(axis=1, keepdims=True)
+    m1 = post @ grid
+    var = np.maximum(post @ (grid * grid) - m1 * m1, 0.0)
+    with np.errstate(divide="ignore"):
+        dfv = np.where(var > 0, 2.0 * m1 * m1 / np.where(var > 0, var, 1.0) + 4.0, np.inf)
+    return weight, m1, dfv
 
 
 def _mixture_posterior(
@@ -229,8 +220,8 @@ def score_krs(
 
     ``within`` is :func:`calibrate.reml.fit_within`'s fit, ``effect`` and
     ``effect_var`` every grader's effect (leniency) from it and its error variance;
-    ``var_resid`` and ``var_evidence`` are the REML variances that fix the overall
-    noise level.
+    ``var_resid`` and ``var_evidence`` are REML's variances: the start, and
+    ``var_resid`` sets the grid of grader variances and the floor.
     """
     d = within.data
     gi, ki = d.gr, d.kr
@@ -244,9 +235,10 @@ def score_krs(
     vd = var_evidence if n_ev and var_evidence else var_resid
     # a grade informs its grader's variance when its KR has another grade or evidence
     linked = (_wsum(ki, np.ones(d.n_obs), n_kr) + ev)[ki] >= 2
-    # one degree of freedom per grader goes to its effect
-    df_g = np.maximum(_wsum(gi, linked.astype(np.float64), n_gr) - 1.0, 0.0)
-    terms = _DfTerms.of(df_g)
+    n_g = _wsum(gi, linked.astype(np.float64), n_gr)
+    grid = var_resid * np.geomspace(_FLOOR, _GRID_TOP, _GRID)
+    prior_w = np.full(_GRID, 1.0 / _GRID)
+    df_v = np.full(n_gr, math.inf)
     # Only linked grades enter the iterations: a KR is linked as a whole, so its sums
     # are the same, and the grades left out would add exact zeros to the graders' sums.
     if linked.all():
@@ -255,8 +247,6 @@ def score_krs(
         gl, kl, ml = gi[linked], ki[linked], m[linked]
     ev_at = np.flatnonzero(ev)
     ev_val_at = ev_val[ev_at]
-    total = d.n_obs * var_resid + (n_ev * var_evidence if n_ev and var_evidence else 0.0)
-    prior_df = math.inf
     v_prev = v
     for _ in range(_ITERATIONS):
         vg = v[gl]
@@ -272,17 +262,24 @@ def score_krs(
         r2 /= rest_s
         np.subtract(ml, r2, out=r2)
         np.square(r2, out=r2)
-        # E[r2] = v_j + 1/rest: divide by the expected share of v_j
+        # E[r2] = v_j + a with a = 1/rest; expect = (v_j + a) / v_j
         expect = rest_s
         expect *= vg
         np.divide(1.0, expect, out=expect)
         expect += 1.0
         den = _wsum(gl, expect, n_gr)
-        s2 = np.where(den > 0, _wsum(gl, r2, n_gr) / np.where(den > 0, den, 1.0), 0.0)
-        post, prior_df, _ = _moderate(s2, terms)
-        if not np.all(np.isfinite(post)):
-            post, prior_df = np.full(n_gr, var_resid), math.inf
-        v = post
+        den2 = _wsum(gl, expect * expect, n_gr)
+        rss = _wsum(gl, r2, n_gr)
+        # per grader, the mean a and a^2 of its grades (a = v_j * (expect - 1))
+        count = np.maximum(n_g, 1.0)
+        a1 = v * (den - n_g) / count
+        a2 = v * v * (den2 - 2.0 * den + n_g) / count
+        # its effect, shrunk by lam (its posterior variance over the unshrunk
+        # estimate's), takes about lam of the residuals' degrees of freedom
+        lam = np.clip(effect_var * n_g / (v + a1), 0.0, 1.0)
+        prior_w, v, df_v = _grid_posterior(rss, n_g - lam, a1, a2, grid, prior_w)
+        if not np.all(np.isfinite(v)):
+            v, df_v = np.full(n_gr, var_resid), np.full(n_gr, math.inf)
         if n_ev:
             W_e = W[ev_at]
             rest_e = W_e - 1.0 / vd
@@ -291,13 +288,10 @@ def score_krs(
                 val_e = ev_val_at[ok_e]
                 loo_e = (S[ev_at[ok_e]] - val_e / vd) / rest_e[ok_e]
                 r2e = (val_e - loo_e) ** 2
-                vd = float(r2e.sum() / (1.0 + 1.0 / (rest_e[ok_e] * vd)).sum())
-        # REML fixes the overall level; the moments only split it
-        scale = total / (float(v[gi].sum()) + n_ev * vd)
-        new_v = np.maximum(v * scale, _FLOOR * var_resid)
-        vd = max(vd * scale, _FLOOR * var_resid) if n_ev else vd
-        change = float(np.max(np.abs(new_v - v_prev) / v_prev))
-        v = new_v
+                vd = max(
+                    float(r2e.sum() / (1.0 + 1.0 / (rest_e[ok_e] * vd)).sum()), _FLOOR * var_resid
+                )
+        change = float(np.max(np.abs(v - v_prev) / v_prev))
         if change < _TOL:
             break
         v_prev = v
@@ -309,7 +303,6 @@ def score_krs(
     share = w / W[ki]
     var = 1.0 / W + _wsum(ki, share * share * effect_var[gi], n_kr)
     # Satterthwaite: each grade's noise carries its grader's degrees of freedom
-    df_v = prior_df + df_g
     parts = _wsum(ki, (w / (W[ki] * W[ki])) ** 2 / df_v[gi], n_kr)
     if n_ev:
         parts = parts + ev * (1.0 / (vd * W * W)) ** 2 / n_ev
@@ -325,7 +318,7 @@ def score_krs(
         crit=np.asarray(crit, dtype=np.float64),
         grader_var=v,
         evidence_var=vd if n_ev else None,
-        prior_df=prior_df,
+        grader_df=df_v,
         weight=share,
         effect_var=effect_var,
     )

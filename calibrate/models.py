@@ -114,8 +114,9 @@ class AdditiveModel(_Spec, frozen=True, tag="additive"):
     achievement, with their own estimated noise variance, and define the zero of
     leniency. Leniency is measured within KRs (against the evidence and co-graders;
     the KR effects carry no prior) and shrunk empirical-Bayes with a spike-and-slab
-    prior. A KR's calibrated grade weights its grades by their grader's own
-    moderated noise variance and its evidence; intervals use t quantiles. See
+    prior. A KR's calibrated grade weights its grades by their grader's own noise
+    variance (empirical Bayes over all graders) and its evidence; intervals use t
+    quantiles. See
     :mod:`calibrate.scoring`.
     """
 

@@ -40,7 +40,7 @@ from anchors import (
     load_catalogue,
     parse_scale,
 )
-from calibrate import MODEL_NAMES, GraderEffect, KRScore, OwnerAchievement, model_from_name
+from calibrate import MODEL_NAMES, GraderEffect, KRScore, model_from_name
 from service import keys as K  # noqa: N812 - read as "keys"
 from service.auth import (
     PUBLISHED_READ_OPT,
@@ -55,6 +55,7 @@ from service.ingest import check_id, parse_grades, parse_krs
 from service.metrics import Metrics, metrics_middleware
 from service.openapi import bulk_body, document_problems
 from service.problems import ProblemError, exception_handlers
+from service.results import GRADER_DECODER, KR_SCORE_DECODER, OWNER_DECODER, all_rows
 from service.runs import RunWorker, load_org_catalogue, new_run_id, to_key_result
 from service.schemas import (
     AchievementState,
@@ -91,9 +92,6 @@ T = TypeVar("T")
 _encode_msgpack = msgspec.msgpack.Encoder().encode
 _grade_decoder = msgspec.msgpack.Decoder(GradeValue)
 _kr_decoder = msgspec.msgpack.Decoder(KRIn)
-_owner_decoder = msgspec.msgpack.Decoder(OwnerAchievement)
-_kr_score_decoder = msgspec.msgpack.Decoder(KRScore)
-_grader_decoder = msgspec.msgpack.Decoder(GraderEffect)
 
 # Injected by name from the app's own providers; skipping validation spares an
 # isinstance check against the runtime-checkable Protocol on every request.
@@ -247,7 +245,7 @@ def _scores_csv(raw_rows: list[bytes]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for raw in raw_rows:
-        score = _kr_score_decoder.decode(raw)
+        score = KR_SCORE_DECODER.decode(raw)
         writer.writerow(["" if (v := getattr(score, c)) is None else v for c in columns])
     return buf.getvalue().encode()
 
@@ -751,7 +749,7 @@ async def _result_page(
 
 
 def _owner_out(raw: bytes, run_id: str, state: AchievementState) -> OwnerOut:
-    o = _owner_decoder.decode(raw)
+    o = OWNER_DECODER.decode(raw)
     return OwnerOut(
         owner_id=o.owner_id,
         n_krs=o.n_krs,
@@ -784,7 +782,7 @@ class ResultsController(Controller):
     ) -> Page[KRScore]:
         """Calibrated KR scores with intervals, by KR id."""
         rows, nxt, _, _ = await _result_page(store, org, cycle, run_id, "krs", cursor, limit)
-        return Page(items=[_kr_score_decoder.decode(v) for _, v in rows], next_cursor=nxt)
+        return Page(items=[KR_SCORE_DECODER.decode(v) for _, v in rows], next_cursor=nxt)
 
     @get("/scores.csv", opt={SCOPE_OPT: "scores:read"}, media_type="text/csv")
     async def scores_csv(
@@ -797,14 +795,7 @@ class ResultsController(Controller):
         """Every calibrated KR score as CSV."""
         _check_cycle(cycle)
         rid, attempt, _ = await _resolve_run(store, org, cycle, run_id)
-        raw_rows: list[bytes] = []
-        after: str | None = None
-        while True:
-            rows = await store.result_page(org, cycle, rid, attempt, "krs", after, _MAX_PAGE)
-            raw_rows.extend(raw for _, raw in rows)
-            if len(rows) < _MAX_PAGE:
-                break
-            after = rows[-1][0]
+        raw_rows = await all_rows(store, org, cycle, rid, attempt, "krs")
         body = await _off_loop(_scores_csv, raw_rows)
         return Response(
             body,
@@ -824,7 +815,7 @@ class ResultsController(Controller):
     ) -> Page[GraderEffect]:
         """The grader table: leniency, standard error, flag."""
         rows, nxt, _, _ = await _result_page(store, org, cycle, run_id, "graders", cursor, limit)
-        return Page(items=[_grader_decoder.decode(v) for _, v in rows], next_cursor=nxt)
+        return Page(items=[GRADER_DECODER.decode(v) for _, v in rows], next_cursor=nxt)
 
     @get("/owners", opt={SCOPE_OPT: "hr:read"})
     async def owners(

@@ -11,9 +11,9 @@ Decisions, in order: no or unknown key -> 401; a key of another organisation
 
 The check runs in one place, :func:`auth_middleware`, after routing and before
 the handler, for every route whose handler (or controller) sets ``opt={SCOPE_OPT: ...}``
-(``None``: any key of the organisation) or still lists the :func:`require_scope`
-guard. A handler may name one item of the published run to read in the same round
-trip (``opt={PUBLISHED_READ_OPT: (part, path parameter)}``); it finds the result with
+(``None``: any key of the organisation). A handler may name one item of the
+published run to read in the same round trip
+(``opt={PUBLISHED_READ_OPT: (part, path parameter)}``); it finds the result with
 :func:`prefetched`.
 """
 
@@ -42,7 +42,6 @@ __all__ = [
     "hash_key",
     "new_api_key",
     "prefetched",
-    "require_scope",
 ]
 
 #: Route handlers name the scope they need in ``opt={SCOPE_OPT: "grades:write"}``
@@ -52,7 +51,6 @@ SCOPE_OPT = "scope"
 #: run with the key check (only when the request has no query string).
 PUBLISHED_READ_OPT = "published_read"
 _PREFIX = "okr_"
-_DONE = "okrcal.auth"  # scope state: the key check of this request has run
 _READ = "okrcal.read"  # scope state: (what was read, what it gave)
 
 
@@ -154,7 +152,6 @@ async def _check(
     ):
         raise ProblemError(403, f"this API key lacks the scope {' or '.join(wanted)!r}")
     scope["state"]["api_key"] = record
-    scope["state"][_DONE] = True
 
 
 def _wanted(handler: BaseRouteHandler) -> tuple[str, ...] | None:
@@ -169,7 +166,7 @@ class _Plan:
     __slots__ = ("needs_key", "read", "wanted")
 
     def __init__(self, handler: BaseRouteHandler) -> None:
-        self.needs_key = SCOPE_OPT in handler.opt or require_scope in handler.resolve_guards()
+        self.needs_key = SCOPE_OPT in handler.opt
         self.wanted = _wanted(handler)
         self.read: tuple[ResultPart, str] | None = handler.opt.get(PUBLISHED_READ_OPT)
 
@@ -206,18 +203,3 @@ def prefetched(
     """What the key check of this request read for ``read``; None if it read nothing."""
     found: tuple[PublishedRead, PublishedItem] | None = connection.scope["state"].get(_READ)
     return found[1] if found is not None and found[0] == read else None
-
-
-async def require_scope(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
-    """Litestar guard, kept for controllers not yet moved to ``opt``: :func:`auth_middleware`
-    checks their key; this only checks the key when no middleware did (an app built without it).
-
-    Prefer ``opt={SCOPE_OPT: ...}`` on the controller: litestar calls every guard with
-    a copy of the route handler, a cost on every request.
-    """
-    if connection.scope["state"].get(_DONE):
-        return
-    state = connection.app.state
-    await _check(state.store, state.settings, connection.scope, _wanted(handler), None)

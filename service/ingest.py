@@ -56,7 +56,7 @@ def _field_of(message: str) -> str | None:
     return None
 
 
-def _problem_of(exc: msgspec.ValidationError | UnicodeDecodeError) -> str:
+def _problem_of(exc: msgspec.DecodeError | UnicodeDecodeError) -> str:
     return str(exc).split(" - at `", 1)[0]
 
 
@@ -103,7 +103,10 @@ def _decode_json(
     for row, raw in enumerate(_json_rows(body, key), start=1):
         try:
             out.append((row, decoder.decode(raw)))
-        except (msgspec.ValidationError, UnicodeDecodeError) as exc:  # a row's bytes not UTF-8
+        # A row is valid JSON (the array was read as raw rows), so what else fails is a
+        # field (ValidationError) or text that is not UTF-8: DecodeError in msgspec 0.23
+        # (ValidationError is its subclass), UnicodeDecodeError in earlier releases.
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             errors.append(
                 FieldProblem(problem=_problem_of(exc), field=_field_of(str(exc)), row=row)
             )

@@ -19,6 +19,7 @@ from calibrate.models import (
 from calibrate.results import (
     MODEL_VERSION,
     CalibrationFit,
+    ComparedWith,
     Component,
     GraderEffect,
     GraderFlag,
@@ -37,6 +38,7 @@ __all__ = [
     "AffineModel",
     "CalibrateError",
     "CalibrationFit",
+    "ComparedWith",
     "Component",
     "FixedModel",
     "GradeRecord",

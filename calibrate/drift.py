@@ -70,6 +70,9 @@ class CyclePoint(msgspec.Struct, frozen=True, kw_only=True):
     ci_high: float | None = None
     n_grades: int = 0
     flag: str | None = None
+    #: What the leniency is measured against (``GraderEffect.compared_with``); None
+    #: where unknown, as in results stored before model version 2.2.0.
+    compared_with: str | None = None
 
 
 class DriftTest(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,7 +165,13 @@ def _tau2(x: np.ndarray, v: np.ndarray) -> float:
 
 
 def _usable(history: Sequence[CyclePoint]) -> list[CyclePoint]:
-    return [
+    """The cycles with an estimate, measured against the same zero as the last of them.
+
+    A grader's leniency against the evidence in one cycle and against the average
+    grader of an unlinked department in another differ by more than drift, so only
+    cycles with the latest estimate's ``compared_with`` count (an unknown one counts).
+    """
+    points = [
         p
         for p in history
         if p.leniency is not None
@@ -171,6 +180,10 @@ def _usable(history: Sequence[CyclePoint]) -> list[CyclePoint]:
         and math.isfinite(p.std_error)
         and p.std_error > 0
     ]
+    zero = points[-1].compared_with if points else None
+    if zero is None:
+        return points
+    return [p for p in points if p.compared_with in (None, zero)]
 
 
 def pooled_between_cycle_sd(histories: Mapping[str, Sequence[CyclePoint]]) -> float:
@@ -264,7 +277,13 @@ def drift_test(
             grader_id,
             n,
             latest,
-            f"{n} cycle(s) with an estimated leniency; at least {min_cycles} are needed",
+            f"{n} cycle(s) with an estimated leniency"
+            + (
+                f" measured against the same {usable[-1].compared_with!r} as the latest"
+                if usable and usable[-1].compared_with
+                else ""
+            )
+            + f"; at least {min_cycles} are needed",
         )
     if latest is not None and latest is not usable[-1]:
         return _blank(

@@ -2,8 +2,11 @@
 
 Leniency is measured against the evidence where a grader's KRs carry evidence
 (the anchors define what a grade should be), and against the average grader
-where they are linked to other graders only. A grader in a part of the grading
-graph that touches neither is reported as not comparable: no number is made up.
+where they are linked to other graders only. A part of the grading graph that
+no evidence reaches is compared within itself: its graders' leniencies are
+measured against the average grader, whose level there is set by those graders
+alone (``GraderEffect.compared_with`` says which). A grader who shares no KR with
+anyone and has no evidence is reported as not comparable: no number is made up.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from calibrate.reml import (
 from calibrate.results import (
     MODEL_VERSION,
     CalibrationFit,
+    ComparedWith,
     Component,
     GraderEffect,
     GraderFlag,
@@ -68,8 +72,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 UNEXPECTED_Z = 3.0
 _NOT_LINKED = (
-    "not comparable: this grader's KRs have no evidence and share no KR with graders "
-    "who are linked to the reference"
+    "not comparable: this grader's KRs have no evidence and share no KR with another grader"
 )
 
 
@@ -99,6 +102,8 @@ class _Graph:
     components: tuple[Component, ...]
     grader_linked: BoolArray  # in the reference component
     kr_linked: BoolArray
+    # in the reference, or in another part with at least two graders to compare
+    grader_comparable: BoolArray
     n_linking: IntArray  # per grader
     owner_names: list[str]  # sorted
     owner_kr: IntArray  # every KR that has an owner
@@ -156,6 +161,7 @@ def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
         components=comps,
         grader_linked=g_comp == ref,
         kr_linked=k_comp == ref,
+        grader_comparable=(g_comp == ref) | (n_g[g_comp] >= 2),
         n_linking=n_linking,
         owner_names=owner_names,
         owner_kr=owner_kr,
@@ -449,11 +455,14 @@ def _within_scores(
     # the test statistic undoes the shrinkage, so it does not depend on the prior
     _, _, z = _leniency(within, col, fixed=False)
     b_post, b_post_var, _ = mixture_effects(within.b, within.b_pev, within.var_grader)
-    len_hat, len_var, _ = _leniency(
-        dataclasses.replace(within, b=b_post, b_pev=b_post_var), col, fixed=False
-    )
+    posterior = dataclasses.replace(within, b=b_post, b_pev=b_post_var)
+    len_hat, len_var, _ = _leniency(posterior, col, fixed=False)
     scores = score_krs(within, len_hat, len_var, fit.var_resid, fit.var_evidence, confidence)
-    leniency, leniency_se, z = _linked_only(graph, len_hat, len_var, z)
+    own = None
+    if col is not None:
+        own_hat, own_var, _ = _leniency(posterior, None, fixed=False)
+        own = (own_hat, own_var, _leniency(within, None, fixed=False)[2])
+    leniency, leniency_se, z = _comparable_only(graph, (len_hat, len_var, z), own)
 
     def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
         return group_variance(scores, within, row, kr, w, n_rows)
@@ -583,8 +592,9 @@ def _mixed_estimates(
     (NaN) and the owners' achievements (none) are left to the caller."""
     d = fit.data
     p = d.p
-    len_hat, len_var, z = _leniency(fit, None if fixed or not with_ev else 1, fixed=fixed)
-    leniency, leniency_se, z = _linked_only(graph, len_hat, len_var, z)
+    col = None if fixed or not with_ev else 1
+    own = None if col is None else _leniency(fit, None, fixed=fixed)
+    leniency, leniency_se, z = _comparable_only(graph, _leniency(fit, col, fixed=fixed), own)
 
     # Calibrated KR grade: intercept + KR effect (what a grader with no leniency would give).
     mu = float(fit.beta[0]) if p else 0.0
@@ -695,16 +705,24 @@ def _leniency(
     return len_hat, len_var, z
 
 
-def _linked_only(
-    graph: _Graph, len_hat: FloatArray, len_var: FloatArray, z: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Leniency, standard error and statistic; NaN for graders not linked to the reference."""
-    linked = graph.grader_linked
-    return (
-        np.where(linked, len_hat, np.nan),
-        np.where(linked, np.sqrt(len_var), np.nan),
-        np.where(linked, z, np.nan),
+_Triple = tuple[FloatArray, FloatArray, FloatArray]
+
+
+def _comparable_only(graph: _Graph, ref: _Triple, own: _Triple | None) -> _Triple:
+    """Leniency, standard error and statistic per grader, from (estimate, variance, z).
+
+    In the reference part ``ref`` applies (against the evidence where there is some).
+    In a part no evidence reaches, ``own`` does: the grader effect alone, against the
+    average grader, whose level there only that part's graders set (``None``: the
+    same as ``ref``, as when nothing has evidence). NaN for a grader with nobody to
+    be compared with.
+    """
+    own = ref if own is None else own
+    linked, comparable = graph.grader_linked, graph.grader_comparable
+    est, var, z = (
+        np.where(linked, r, np.where(comparable, o, np.nan)) for r, o in zip(ref, own, strict=True)
     )
+    return est, np.sqrt(var), z
 
 
 def _owner_mixed(
@@ -764,7 +782,7 @@ def _fit_affine(
     fit = _reml_or_held(d, model.hold_variance, start=log_ratios(fit))
     iterations += fit.iterations
     est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False)
-    linked = graph.grader_linked
+    linked = graph.grader_comparable
     warnings = list(est.warnings)
     if not converged:
         warnings.append(f"grader scales did not settle within {model.max_iterations} iterations")
@@ -883,6 +901,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     min_eff = model.min_effect * span
     n_gr = t.n_graders
     m = np.bincount(t.grader_index, minlength=n_gr)
+    baseline = isinstance(model, MeanModel | ZScoreModel)
 
     # p-values and BH q-values over the graders that can be tested
     testable = np.isfinite(est.z) & (graph.n_linking >= model.min_linked)
@@ -918,16 +937,18 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     len_l, lse_l, z_l = est.leniency.tolist(), est.leniency_se.tolist(), est.z.tolist()
     p_l, q_l, sq_l = pvals.tolist(), q.tolist(), sq.tolist()
     m_l, nlink_l, comp_l = m.tolist(), graph.n_linking.tolist(), graph.grader_comp.tolist()
-    linked_l, testable_l, s_testable_l = (
-        graph.grader_linked.tolist(),
+    comparable_l, testable_l, s_testable_l = (
+        graph.grader_comparable.tolist(),
         testable.tolist(),
         s_testable.tolist(),
     )
+    # what each grader's zero is: the evidence in the part it reaches, else the graders
+    against = np.where(graph.grader_linked & bool(t.has_evidence.any()), "evidence", "graders")
+    against_l: list[ComparedWith] = ["raw_mean"] * n_gr if baseline else against.tolist()
     scale_l = None if est.scale is None else est.scale.tolist()
     scale_se_l = None if est.scale_se is None else est.scale_se.tolist()
     infit_l = None if infit is None else infit.tolist()
     outfit_l = None if outfit is None else outfit.tolist()
-    baseline = isinstance(model, MeanModel | ZScoreModel)
     graders = []
     for j, gid in enumerate(t.grader_ids):
         lin = len_l[j]
@@ -936,7 +957,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         flag: GraderFlag = "ok"
         if not math.isfinite(lin):
             flag = "insufficient_data"
-            if not linked_l[j] and not baseline:
+            if not comparable_l[j] and not baseline:
                 reason = _NOT_LINKED
             elif est.kr_reason and not baseline:
                 reason = est.kr_reason
@@ -956,6 +977,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
                 n_linking=nlink_l[j],
                 component=comp_l[j],
                 leniency=_opt(lin),
+                compared_with=against_l[j] if math.isfinite(lin) else None,
                 std_error=_opt(se) if math.isfinite(lin) else None,
                 ci_low=_opt(lin - zc * se) if math.isfinite(lin) else None,
                 ci_high=_opt(lin + zc * se) if math.isfinite(lin) else None,
@@ -1059,11 +1081,8 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         unexpected.sort(key=lambda u: -abs(u.std_residual))
 
     warnings = list(est.warnings)
-    n_unlinked = int((~graph.grader_linked).sum())
-    if n_unlinked and not isinstance(model, MeanModel | ZScoreModel):
-        warnings.append(
-            f"{n_unlinked} grader(s) are not linked to the reference by evidence or shared KRs"
-        )
+    if not baseline:
+        warnings.extend(_connectivity_notes(graph))
     return CalibrationFit(
         model=_model_name(model),
         model_spec=model.to_dict(),
@@ -1086,6 +1105,26 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         iterations=est.iterations,
         warnings=tuple(warnings),
     )
+
+
+def _connectivity_notes(graph: _Graph) -> list[str]:
+    """What the parts of the grading graph mean for comparing graders (none if one part)."""
+    notes = []
+    within = graph.grader_comparable & ~graph.grader_linked
+    if within.any():
+        n_parts = np.unique(graph.grader_comp[within]).shape[0]
+        notes.append(
+            f"{int(within.sum())} grader(s) in {n_parts} part(s) of the grading graph that no "
+            "evidence or shared KR links to the reference are compared only with the other "
+            "graders of their own part (compared_with = graders)"
+        )
+    alone = int((~graph.grader_comparable).sum())
+    if alone:
+        notes.append(
+            f"{alone} grader(s) share no KR with another grader and have no evidence: "
+            "their leniency cannot be compared with anyone's"
+        )
+    return notes
 
 
 def _nullable(values: FloatArray, mask: BoolArray) -> list[float | None]:

@@ -15,6 +15,7 @@ import msgspec
 __all__ = [
     "MODEL_VERSION",
     "CalibrationFit",
+    "ComparedWith",
     "Component",
     "GraderEffect",
     "GraderFlag",
@@ -25,9 +26,13 @@ __all__ = [
 ]
 
 #: Bumped whenever a model's numbers could change for the same input.
-MODEL_VERSION = "2.1.0"
+MODEL_VERSION = "2.2.0"
 
 GraderFlag = Literal["lenient", "severe", "compressing", "expanding", "ok", "insufficient_data"]
+#: What a leniency is measured against: the evidence grades; the average grader (in a
+#: part of the grading graph no evidence reaches, set by that part's graders alone); or,
+#: for the mean and zscore baselines, the mean of all grades.
+ComparedWith = Literal["evidence", "graders", "raw_mean"]
 
 
 class GraderEffect(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -35,8 +40,11 @@ class GraderEffect(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     ``leniency`` is in the input scale's units: how far this grader's grades sit
     above (+) or below (−) the evidence, or the average grader where no evidence
-    links them. ``scale`` is 1 for a grader who spreads grades like the evidence,
-    below 1 for one who compresses toward the middle.
+    links them; ``compared_with`` says which. Graders in a part (``component``) of
+    the grading graph that no evidence reaches are compared with the graders of that
+    part only, so two leniencies of different parts measured against ``graders``
+    share no common zero. ``scale`` is 1 for a grader who spreads grades like the
+    evidence, below 1 for one who compresses toward the middle.
     """
 
     grader_id: str
@@ -57,6 +65,8 @@ class GraderEffect(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     infit: float | None = None
     outfit: float | None = None
     reason: str | None = None
+    #: None where ``leniency`` is None (and in results stored before version 2.2.0).
+    compared_with: ComparedWith | None = None
 
 
 class KRScore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -180,7 +190,10 @@ class CalibrationFit(msgspec.Struct, frozen=True, kw_only=True):
         if unlinked:
             lines.append(
                 f"{len(unlinked)} part(s) of the grading graph are not linked to the reference: "
-                f"{sum(c.n_graders for c in unlinked)} grader(s) without comparable leniency"
+                f"{sum(c.n_graders for c in unlinked if c.n_graders >= 2)} grader(s) compared "
+                "within their own part only, "
+                f"{sum(c.n_graders for c in unlinked if c.n_graders < 2)} without comparable "
+                "leniency"
             )
         lines.append(f"{len(self.unexpected)} unexpected grade(s) (|standardised residual| >= 3)")
         lines.extend(f"warning: {w}" for w in self.warnings)

@@ -88,8 +88,8 @@ SCORES_COLUMNS: Final = (
 )  # fmt: skip
 GRADERS_COLUMNS: Final = (
     "grader_id", "n_grades", "leniency", "std_error", "ci_low", "ci_high", "scale", "q_value",
-    "flag", "n_linking", "component", "z", "p_value", "scale_std_error", "scale_q_value",
-    "infit", "outfit", "reason",
+    "flag", "n_linking", "component", "compared_with", "z", "p_value", "scale_std_error",
+    "scale_q_value", "infit", "outfit", "reason",
 )  # fmt: skip
 OWNERS_COLUMNS: Final = (
     "owner_id", "n_krs", "achievement", "ci_low", "ci_high", "std_error", "reason",
@@ -593,7 +593,9 @@ def _clip(text: str, n: int) -> str:
 
 # Columns by how their cells are written; every other column holds floats or None.
 _INT_COLUMNS: Final = frozenset({"n_grades", "n_linking", "component", "n_krs"})
-_TEXT_COLUMNS: Final = frozenset({"kr_id", "grader_id", "owner_id", "flag", "reason"})
+_TEXT_COLUMNS: Final = frozenset(
+    {"kr_id", "grader_id", "owner_id", "flag", "reason", "compared_with"}
+)
 _NEEDS_QUOTES: Final = re.compile(r'[",\r\n]')
 
 

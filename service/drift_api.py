@@ -193,6 +193,7 @@ def _point(cycle: str, g: GraderEffect, span: float) -> CyclePoint:
         ci_high=unit(g.ci_high),
         n_grades=g.n_grades,
         flag=g.flag if g.leniency is not None else (g.reason or g.flag),
+        compared_with=g.compared_with,
     )
 
 

@@ -429,6 +429,8 @@ class CyclePages(Controller):
                 graders=rows,
                 n_flagged=sum(g.flag not in ("ok", "insufficient_data") for g in graders),
                 colours=plots.FLAG_COLOURS,
+                # unlinked parts of the grading graph: each compared only within itself
+                several_parts=len({g.component for g in graders}) > 1,
             )
         return page(user, "graders.html", **context)
 

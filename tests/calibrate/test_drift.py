@@ -73,6 +73,28 @@ def test_too_few_cycles_gives_none_with_the_reason() -> None:
         drift_test("e", _pts([0.1] * 5), min_cycles=2)
 
 
+def test_only_cycles_against_the_same_zero_as_the_latest_count() -> None:
+    # Three cycles against the evidence, then one in which the grader's department was
+    # cut off from the evidence (leniency against its own average grader): the change
+    # cannot be measured against the evidence cycles, so it is not measured at all.
+    zeros = ["evidence", "evidence", "evidence", "graders"]
+    pts = [
+        CyclePoint(cycle=f"c{i}", leniency=v, std_error=0.02, compared_with=z)
+        for i, (v, z) in enumerate(zip([0.1, 0.1, 0.1, -0.1], zeros, strict=True))
+    ]
+    t = drift_test("ann", pts)
+    assert t.change is None
+    assert t.reason is not None
+    assert "1 cycle(s)" in t.reason
+    assert "'graders'" in t.reason
+    # the same values all against the evidence: a clear change
+    same = [msgspec.structs.replace(p, compared_with="evidence") for p in pts]
+    assert drift_test("ann", same).direction == "more_severe"
+    # results stored before the zero was recorded (None) still count
+    old = [msgspec.structs.replace(p, compared_with=None) for p in pts[:3]] + pts[3:]
+    assert drift_test("ann", old).change == pytest.approx(-0.2)
+
+
 def test_ranking_puts_confident_large_drift_first() -> None:
     tests = [
         drift_test("small", _pts([0.0, 0.0, 0.0, 0.03], se=0.005)),

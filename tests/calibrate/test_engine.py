@@ -23,7 +23,9 @@ from calibrate import (
     GradeTable,
     HeldVariance,
     InputError,
+    MeanModel,
     ModelError,
+    ZScoreModel,
     model_from_name,
 )
 from calibrate.engine import benjamini_hochberg
@@ -358,6 +360,114 @@ def test_grader_not_linked_gets_no_number() -> None:
     assert "not comparable" in lonely.reason
     assert sum(c.is_reference for c in fit.components) == 1
     assert len(fit.components) == 2
+
+
+def _two_departments(
+    *, evidence_in_a: bool = False, shift_b: float = 0.0
+) -> tuple[GradeTable, dict[str, float]]:
+    """Departments a and b that share no grader and no KR; 30% of KRs graded twice.
+
+    In each, grader 0 is lenient (+0.2) and grader 1 severe (-0.2). ``shift_b`` moves
+    every grade of department b (a department-wide shift nothing can see without
+    evidence). Grades on -1..2 so that shifts never leave the scale; with evidence
+    (which is on the 0-1 scale of the anchors) on Google's scale, clipped.
+    """
+    rng = np.random.default_rng(11)
+    kr_ids: list[str] = []
+    gr_ids: list[str] = []
+    grades: list[float] = []
+    evidence: dict[str, float] = {}
+    true_len: dict[str, float] = {}
+    n_gr, n_kr = 12, 400
+    for dept in ("a", "b"):
+        len_ = np.zeros(n_gr)
+        len_[0], len_[1] = 0.2, -0.2
+        true_len.update({f"{dept}{j:02d}": float(len_[j]) for j in range(n_gr)})
+        truth = rng.beta(3, 2, n_kr)
+        g1 = rng.integers(0, n_gr, n_kr)
+        g2 = (g1 + rng.integers(1, n_gr, n_kr)) % n_gr
+        dbl = rng.random(n_kr) < 0.3
+        kr = np.concatenate([np.arange(n_kr), np.flatnonzero(dbl)])
+        gr = np.concatenate([g1, g2[dbl]])
+        y = np.round((truth[kr] + len_[gr] + rng.normal(0, 0.04, kr.size)) / 0.05) * 0.05
+        if dept == "b":
+            y = y + shift_b
+        if evidence_in_a:
+            y = np.clip(y, 0.0, 1.0)
+        kr_ids += [f"{dept}k{i:04d}" for i in kr]
+        gr_ids += [f"{dept}{j:02d}" for j in gr]
+        grades += y.tolist()
+        if dept == "a" and evidence_in_a:
+            evidence.update(
+                {
+                    f"ak{i:04d}": float(np.clip(truth[i] + rng.normal(0, 0.05), 0.0, 1.0))
+                    for i in range(0, n_kr, 2)
+                }
+            )
+    scale = parse_scale("google" if evidence_in_a else "-1:2")
+    table = GradeTable.from_arrays(kr_ids, gr_ids, np.array(grades), scale, evidence=evidence)
+    return table, true_len
+
+
+@pytest.mark.parametrize("model", [AdditiveModel(), FixedModel()])
+def test_departments_without_evidence_are_compared_within_themselves(
+    model: AdditiveModel | FixedModel,
+) -> None:
+    t, true_len = _two_departments()
+    fit = model.fit(t)
+    assert len(fit.components) == 2
+    assert sum(c.is_reference for c in fit.components) == 1
+    by_id = {g.grader_id: g for g in fit.graders}
+    # every grader of both departments has a leniency against the average grader
+    assert all(g.leniency is not None and g.std_error is not None for g in fit.graders)
+    assert {g.compared_with for g in fit.graders} == {"graders"}
+    for dept in ("a", "b"):
+        assert by_id[f"{dept}00"].flag == "lenient"
+        assert by_id[f"{dept}01"].flag == "severe"
+        others = [by_id[f"{dept}{j:02d}"] for j in range(2, 12)]
+        assert sum(g.flag in ("lenient", "severe") for g in others) <= 1
+    for gid, want in true_len.items():
+        got = by_id[gid].leniency
+        assert got is not None
+        assert got == pytest.approx(want, abs=0.06)
+    assert any("compared only with the other graders of their own part" in w for w in fit.warnings)
+
+
+def test_a_whole_department_shift_is_invisible_without_evidence() -> None:
+    # What "compared within their own part" means: a shift of every grade of an
+    # unlinked department moves its KRs, not its graders' leniencies.
+    base, _ = _two_departments()
+    moved, _ = _two_departments(shift_b=0.15)
+    fa, fb = FixedModel().fit(base), FixedModel().fit(moved)
+    for ga, gb in zip(fa.graders, fb.graders, strict=True):
+        assert ga.leniency is not None
+        assert gb.leniency == pytest.approx(ga.leniency, abs=1e-9)
+    for ka, kb in zip(fa.krs, fb.krs, strict=True):
+        assert ka.calibrated_grade is not None
+        shift = 0.15 if ka.kr_id.startswith("b") else 0.0
+        assert kb.calibrated_grade == pytest.approx(ka.calibrated_grade + shift, abs=1e-9)
+
+
+@pytest.mark.parametrize("model", [AdditiveModel(), AffineModel(), FixedModel()])
+def test_department_beyond_the_evidence_says_what_it_is_compared_with(
+    model: AdditiveModel | AffineModel | FixedModel,
+) -> None:
+    t, _ = _two_departments(evidence_in_a=True)
+    fit = model.fit(t)
+    ref = next(c for c in fit.components if c.is_reference)
+    assert ref.n_evidence > 0
+    for g in fit.graders:
+        assert g.leniency is not None
+        want = "evidence" if g.grader_id.startswith("a") else "graders"
+        assert g.compared_with == want
+        assert (g.component == ref.id) == g.grader_id.startswith("a")
+    assert next(g for g in fit.graders if g.grader_id == "b00").flag in ("lenient", "expanding")
+
+
+def test_baselines_compare_with_the_raw_mean() -> None:
+    t, _ = _two_departments()
+    for model in (MeanModel(), ZScoreModel()):
+        assert {g.compared_with for g in model.fit(t).graders} == {"raw_mean"}
 
 
 def test_nothing_linked_says_so() -> None:

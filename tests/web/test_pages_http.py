@@ -278,6 +278,39 @@ async def test_pages_plots_and_small_group_notice(web: Any, store: RedisStore) -
     assert "@media" in css.text
 
 
+async def test_graders_page_says_which_parts_are_compared_only_within(
+    web: Any, store: RedisStore
+) -> None:
+    # Two departments (a, b) that share no grader and no KR, and no evidence: each is
+    # compared within itself, and the page says so beside every grader.
+    org = new_org()
+    admin = await make_key(store, org, "admin")
+    grades = [
+        {
+            "kr_id": f"{d}k{k}",
+            "grader_id": f"{d}g{(k + extra) % 6}",
+            "grade": round(min(1.0, (k % 5) / 5 + (0.2 if (k + extra) % 6 == 0 else 0.0)), 3),
+        }
+        for d in ("a", "b")
+        for k in range(30)
+        for extra in (0, 1)  # every KR by two neighbours: a ring of six graders
+    ]
+    base = f"/v1/orgs/{org}/cycles/c1"
+    posted = await web.post(f"{base}/grades", json={"grades": grades}, headers=admin)
+    assert posted.status_code == 200
+    await calibrate_and_publish(web, org, "c1", admin)
+    assert (await _sign_in(web, _key(admin))).status_code == 303
+    page = await web.get("/ui/cycles/c1/graders")
+    assert page.status_code == 200
+    assert "compared only with the other graders" in page.text
+    notes = re.findall(r"compared only with the graders of part (\d+)", page.text)
+    # without evidence neither part has a common zero with the other: all 12 carry it
+    assert len(notes) == 12
+    assert len(set(notes)) == 2
+    api = await web.get(f"{base}/graders", headers=admin)
+    assert {g["compared_with"] for g in api.json()["items"]} == {"graders"}
+
+
 def _effect(gid: str, lin: float, flag: str) -> GraderEffect:
     """A grader's effect with an interval of ±0.03 around ``lin``."""
     return GraderEffect(

@@ -886,8 +886,9 @@ def _update_scales(
     shrunk = 1.0 + lam * (raw - 1.0)
     # keep scales positive: a grader whose grades go against the evidence stays at a floor
     shrunk = np.maximum(shrunk, 0.05)
-    post_se = np.where(ok, np.sqrt(lam * var), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
+        # lam * var is 0 * inf where no scale is estimated: masked here, never seen
+        post_se = np.where(ok, np.sqrt(lam * var), np.nan)
         z = np.where(ok, (raw - 1.0) / np.sqrt(var), np.nan)
     return shrunk, post_se, z
 
@@ -933,66 +934,100 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
                 gi, minlength=n_gr
             )
 
-    # per-grader columns as Python values, read once (element access to numpy is slow)
-    len_l, lse_l, z_l = est.leniency.tolist(), est.leniency_se.tolist(), est.z.tolist()
-    p_l, q_l, sq_l = pvals.tolist(), q.tolist(), sq.tolist()
-    m_l, nlink_l, comp_l = m.tolist(), graph.n_linking.tolist(), graph.grader_comp.tolist()
-    comparable_l, testable_l, s_testable_l = (
-        graph.grader_comparable.tolist(),
-        testable.tolist(),
-        s_testable.tolist(),
-    )
+    # per-grader columns, vectorised and turned into Python values once (16k graders
+    # one at a time cost more than the rest of the results together)
+    lin = est.leniency
+    has = np.isfinite(lin)
+    se_col = np.where(has, est.leniency_se, np.nan)
+    reason = np.full(n_gr, None, dtype=object)
+    alone = ~has & ~graph.grader_comparable if not baseline else np.zeros(n_gr, dtype=bool)
+    reason[alone] = _NOT_LINKED
+    why_none = est.kr_reason if est.kr_reason and not baseline else "fewer than 2 grades"
+    reason[~has & ~alone] = why_none
+    short = has & ~testable
+    for j in np.flatnonzero(short).tolist():
+        reason[j] = (
+            f"{int(graph.n_linking[j])} linking grade(s), fewer than the {model.min_linked} "
+            "needed to flag"
+        )
+    flags = _flags(model, est, testable & has, q, sq, min_eff, min_scale)
     # what each grader's zero is: the evidence in the part it reaches, else the graders
     against = np.where(graph.grader_linked & bool(t.has_evidence.any()), "evidence", "graders")
-    against_l: list[ComparedWith] = ["raw_mean"] * n_gr if baseline else against.tolist()
-    scale_l = None if est.scale is None else est.scale.tolist()
-    scale_se_l = None if est.scale_se is None else est.scale_se.tolist()
-    infit_l = None if infit is None else infit.tolist()
-    outfit_l = None if outfit is None else outfit.tolist()
-    graders = []
-    for j, gid in enumerate(t.grader_ids):
-        lin = len_l[j]
-        se = lse_l[j]
-        reason = None
-        flag: GraderFlag = "ok"
-        if not math.isfinite(lin):
-            flag = "insufficient_data"
-            if not comparable_l[j] and not baseline:
-                reason = _NOT_LINKED
-            elif est.kr_reason and not baseline:
-                reason = est.kr_reason
-            else:
-                reason = "fewer than 2 grades"
-        elif not testable_l[j]:
-            flag = "insufficient_data"
-            reason = (
-                f"{nlink_l[j]} linking grade(s), fewer than the {model.min_linked} needed to flag"
-            )
-        else:
-            flag = _flag(lin, q_l[j], model.fdr, min_eff, est, j, sq_l[j], min_scale)
-        graders.append(
-            GraderEffect(
-                grader_id=gid,
-                n_grades=m_l[j],
-                n_linking=nlink_l[j],
-                component=comp_l[j],
-                leniency=_opt(lin),
-                compared_with=against_l[j] if math.isfinite(lin) else None,
-                std_error=_opt(se) if math.isfinite(lin) else None,
-                ci_low=_opt(lin - zc * se) if math.isfinite(lin) else None,
-                ci_high=_opt(lin + zc * se) if math.isfinite(lin) else None,
-                z=_opt(z_l[j]),
-                p_value=_opt(p_l[j]),
-                q_value=_opt(q_l[j]),
-                flag=flag,
-                scale=None if scale_l is None else _opt(scale_l[j]),
-                scale_std_error=None if scale_se_l is None else _opt(scale_se_l[j]),
-                scale_q_value=_opt(sq_l[j]) if s_testable_l[j] else None,
-                infit=None if infit_l is None else _opt(infit_l[j]),
-                outfit=None if outfit_l is None else _opt(outfit_l[j]),
-                reason=reason,
-            )
+    against_l: list[ComparedWith | None] = ["raw_mean"] * n_gr if baseline else against.tolist()
+    for j in np.flatnonzero(~has).tolist():
+        against_l[j] = None
+
+    def col(values: FloatArray | None, mask: BoolArray | None = None) -> list[float | None]:
+        if values is None:
+            return [None] * n_gr
+        ok = np.isfinite(values) if mask is None else np.isfinite(values) & mask
+        return _nullable(values, ok)
+
+    graders = [
+        GraderEffect(
+            grader_id=gid,
+            n_grades=ng,
+            n_linking=nl,
+            component=cp,
+            leniency=le,
+            compared_with=cw,
+            std_error=sev,
+            ci_low=lo,
+            ci_high=hi,
+            z=zv,
+            p_value=pv,
+            q_value=qv,
+            flag=fl,
+            scale=sc,
+            scale_std_error=scs,
+            scale_q_value=sqv,
+            infit=inf,
+            outfit=outf,
+            reason=rs,
         )
+        for (
+            gid,
+            ng,
+            nl,
+            cp,
+            le,
+            cw,
+            sev,
+            lo,
+            hi,
+            zv,
+            pv,
+            qv,
+            fl,
+            sc,
+            scs,
+            sqv,
+            inf,
+            outf,
+            rs,
+        ) in zip(
+            t.grader_ids,
+            m.tolist(),
+            graph.n_linking.tolist(),
+            graph.grader_comp.tolist(),
+            col(lin),
+            against_l,
+            col(se_col),
+            col(lin - zc * se_col),
+            col(lin + zc * se_col),
+            col(est.z),
+            col(pvals),
+            col(q),
+            flags,
+            col(est.scale),
+            col(est.scale_se),
+            col(sq, s_testable),
+            col(infit),
+            col(outfit),
+            reason.tolist(),
+            strict=True,
+        )
+    ]
 
     raw, n_grades = _raw_means(t)
     # vectorised: a fit may hold hundreds of thousands of KRs
@@ -1140,29 +1175,41 @@ def _model_name(model: Model) -> str:
     return str(name)
 
 
-def _flag(
-    lin: float,
-    q: float,
-    fdr: float,
-    min_eff: float,
+def _flags(
+    model: Model,
     est: _Estimates,
-    j: int,
-    sq: float,
+    testable: BoolArray,
+    q: FloatArray,
+    sq: FloatArray,
+    min_eff: float,
     min_scale: float,
-) -> GraderFlag:
-    len_flag: GraderFlag | None = None
-    if q < fdr and abs(lin) >= min_eff:
-        len_flag = "lenient" if lin > 0 else "severe"
-    scale_flag: GraderFlag | None = None
-    if est.scale is not None and math.isfinite(sq) and sq < fdr:
-        s = float(est.scale[j])
-        if 1.0 - s >= min_scale:
-            scale_flag = "compressing"
-        elif s - 1.0 >= min_scale:
-            scale_flag = "expanding"
-    if len_flag and scale_flag:
-        # report the stronger of the two signals; both are in the row
-        zl = abs(float(est.z[j]))
-        zs = abs(float(est.scale_z[j])) if est.scale_z is not None else 0.0
-        return len_flag if zl >= zs else scale_flag
-    return len_flag or scale_flag or "ok"
+) -> list[GraderFlag]:
+    """Every grader's flag: a leniency flag needs q < fdr and the practical minimum, a
+    scale flag (affine) its own q < fdr and minimum; with both, the stronger signal."""
+    n = testable.shape[0]
+    fdr = model.fdr
+    lin = np.nan_to_num(est.leniency)
+    with np.errstate(invalid="ignore"):
+        len_flag = (q < fdr) & (np.abs(lin) >= min_eff)
+    len_name = np.where(lin > 0, "lenient", "severe")
+    scale_flag = np.zeros(n, dtype=bool)
+    scale_name = np.full(n, "ok")
+    stronger_len = np.ones(n, dtype=bool)
+    if est.scale is not None:
+        with np.errstate(invalid="ignore"):
+            sig = np.isfinite(sq) & (sq < fdr)
+        comp = sig & (1.0 - est.scale >= min_scale)
+        expa = sig & ~comp & (est.scale - 1.0 >= min_scale)
+        scale_flag = comp | expa
+        scale_name = np.where(comp, "compressing", "expanding")
+        zs = np.abs(est.scale_z) if est.scale_z is not None else np.zeros(n)
+        with np.errstate(invalid="ignore"):
+            stronger_len = np.abs(est.z) >= zs  # NaN compares False, as in a scalar test
+    flag = np.where(
+        len_flag & (~scale_flag | stronger_len),
+        len_name,
+        np.where(scale_flag, scale_name, "ok"),
+    )
+    flag = np.where(testable, flag, "insufficient_data")
+    out: list[GraderFlag] = flag.tolist()
+    return out

@@ -470,6 +470,22 @@ def test_baselines_compare_with_the_raw_mean() -> None:
         assert {g.compared_with for g in model.fit(t).graders} == {"raw_mean"}
 
 
+@pytest.mark.parametrize("model", [AdditiveModel(), AffineModel(), FixedModel()])
+def test_a_grader_without_a_comparison_raises_no_numpy_warning(
+    model: AdditiveModel | AffineModel | FixedModel,
+) -> None:
+    # pytest turns warnings into errors here; a user's -W error would see the same
+    recs = [
+        GradeRecord(kr_id=f"a{i}", grader_id=g, grade=0.5 + 0.05 * (i % 5))
+        for i in range(12)
+        for g in ("x", "y")
+    ] + [GradeRecord(kr_id=f"b{i}", grader_id="lonely", grade=0.9) for i in range(8)]
+    fit = model.fit(GradeTable.from_records(recs, GOOGLE))
+    lonely = next(g for g in fit.graders if g.grader_id == "lonely")
+    assert lonely.leniency is None
+    assert lonely.scale_std_error is None
+
+
 def test_nothing_linked_says_so() -> None:
     recs = [
         GradeRecord(kr_id=f"k{i}", grader_id=f"g{i % 3}", grade=0.1 * (i % 10)) for i in range(30)

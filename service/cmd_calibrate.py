@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import itertools
 import operator
 import os
@@ -36,10 +37,11 @@ import secrets
 import shutil
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import msgspec
 import numpy as np
@@ -348,6 +350,7 @@ def _calibrate_to_dir(
     the_scale = _parse_scale(scale)
     spec = _parse_model(model, settings)
     _check_out_dir(out)
+    _import_meanwhile("calibrate.engine")
 
     grade_data, grades_sha = read_grades_file(grades, source=str(grades))
     clock.lap("read grades")
@@ -566,6 +569,22 @@ def _report(
     )
 
 
+def _import_meanwhile(module: str) -> None:
+    """Import ``module`` on another thread while this one reads the input files.
+
+    The fit's imports (scipy, about 0.5 s on one core) are Python work that holds
+    the GIL, but reading a large CSV is mostly numpy calls that release it, so the
+    two overlap on a second core. The fit's own import waits on Python's module lock
+    if this one is not done, and raises any error itself: here errors are dropped.
+    """
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=run, name=f"okrcal-import-{module}", daemon=True).start()
+
+
 def _summary(fit: CalibrationFit, report: CalibrateReport, out: Path) -> str:
     lines = [fit.summary()]
     if report.n_evidence or report.evidence_problems:
@@ -603,15 +622,14 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
 
 
-def _column(items: Sequence[msgspec.Struct], name: str) -> list[str]:
+def _column(name: str, values: list[Any]) -> list[str]:
     """One output column as CSV cells, converted a column at a time for speed."""
-    values = list(map(operator.attrgetter(name), items))
     if name in _INT_COLUMNS:
         if set(map(type, values)) <= {int}:
             return _json_cells(values)
         return [str(v) for v in values]
     if name in _TEXT_COLUMNS:
-        cells = ["" if v is None else v for v in values] if None in values else values
+        cells: list[str] = ["" if v is None else v for v in values] if None in values else values
         if _NEEDS_QUOTES.search("".join(cells)):
             cells = [_quote(c) for c in cells]
         return cells
@@ -654,12 +672,72 @@ def _float_cells(values: Sequence[float | None]) -> list[str]:
 
 
 def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct]) -> None:
-    columns = [_column(items, name) for name in header]
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        fh.write(",".join(header) + "\n")
+    values = [list(map(operator.attrgetter(name), items)) for name in header]
+    with path.open("wb") as fh:
+        fh.write((",".join(header) + "\n").encode("utf-8"))
+        body = _json_rows_body(header, values)
+        if body is not None:
+            fh.write(body)
+            return
+        cells = [_column(name, column) for name, column in zip(header, values, strict=True)]
         for start in range(0, len(items), 1 << 16):
-            rows = zip(*(c[start : start + (1 << 16)] for c in columns), strict=True)
-            fh.write("\n".join(map(",".join, rows)) + "\n")
+            rows = zip(*(c[start : start + (1 << 16)] for c in cells), strict=True)
+            fh.write(("\n".join(map(",".join, rows)) + "\n").encode("utf-8"))
+
+
+# Text cells that JSON writes as they are and that hold no CSV syntax: no quote,
+# comma or backslash, no bracket (the rows' JSON brackets become line ends), no
+# control character (JSON escapes those; a CSV cell would need quotes for some).
+_PLAIN_TEXT: Final = re.compile(r'[",\\\[\]\x00-\x1f]')
+
+
+def _json_rows_body(header: Sequence[str], values: list[list[Any]]) -> bytes | None:
+    """The CSV rows as :func:`_column` cells would make them, or None where they would differ.
+
+    msgspec encodes all the rows as JSON arrays in one call, which turns into CSV by
+    three byte replacements (``,null`` -> ``,``, ``],[`` -> line end, quotes dropped)
+    when every text cell is plain (see ``_PLAIN_TEXT``) and every int an int. Floats
+    are written by msgspec with ``repr``'s digits where ``repr`` is positional (0, or
+    1e-4 <= |x| < 1e16); the few others (tiny p-values, NaN) go in as ``repr``'s text.
+    Anything else (numpy numbers, text needing quotes) takes the cell-by-cell path.
+    """
+    columns = []
+    for name, column in zip(header, values, strict=True):
+        kinds = set(map(type, column))
+        if name in _INT_COLUMNS:
+            ok = kinds <= {int}
+        elif name in _TEXT_COLUMNS:
+            ok = kinds <= {str, type(None)} and not _PLAIN_TEXT.search(
+                "".join(filter(None, column))
+            )
+        else:
+            ok = kinds <= {float, type(None)}
+            column = _repr_where_json_differs(column) if ok else column
+        if not ok:
+            return None
+        columns.append(column)
+    if not columns or not columns[0]:
+        return b""
+    if None in columns[0]:
+        return None  # a row's first null has no comma before it (never so: ids come first)
+    encoded = msgspec.json.encode(list(zip(*columns, strict=True)))[2:-2]
+    encoded = encoded.replace(b",null", b",").replace(b"],[", b"\n").replace(b'"', b"")
+    return encoded + b"\n"
+
+
+def _repr_where_json_differs(column: list[Any]) -> list[Any]:
+    """Floats and Nones, with ``repr(v)`` in place of each float msgspec writes otherwise."""
+    arr = np.array(column, dtype=np.float64)  # None becomes NaN
+    mags = np.abs(arr)
+    with np.errstate(invalid="ignore"):
+        odd = np.flatnonzero(~((mags == 0) | ((mags >= 1e-4) & (mags < 1e16))))
+    if odd.shape[0] == column.count(None):
+        return column  # the NaNs are all Nones, written as empty cells
+    out = column.copy()
+    for i in odd.tolist():
+        if out[i] is not None:
+            out[i] = repr(out[i])
+    return out
 
 
 def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.cmd_calibrate import _float_cells
+from service.cmd_calibrate import _column, _float_cells, _json_rows_body
 
 
 @settings(max_examples=300, deadline=None)
@@ -30,3 +32,75 @@ def test_float_cells_are_repr_of_float(values: list[float | None]) -> None:
 
 def test_numpy_floats_print_as_plain_numbers() -> None:
     assert _float_cells([np.float64(0.25), None, np.float32(0.5)]) == ["0.25", "", "0.5"]
+
+
+_FLOATS = st.one_of(
+    st.none(),
+    st.floats(),
+    st.floats(min_value=-1e-3, max_value=1e-3),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.sampled_from([1e-4, 9.99e-5, 1e16, 9.999999999999998e15, -0.0, 0.0]),
+)
+_TEXT = st.one_of(
+    st.none(),
+    st.text(max_size=8),
+    st.text(alphabet="abcé目🚀-_. 0123456789", max_size=8),
+    st.sampled_from(["null", "nullify", "a,b", 'q"t', "[x]", "back\\slash", "tab\t", "line\nend"]),
+)
+
+
+def _slow_body(header: tuple[str, ...], values: list[list[object]]) -> bytes:
+    cells = [_column(name, column) for name, column in zip(header, values, strict=True)]
+    return "".join(",".join(row) + "\n" for row in zip(*cells, strict=True)).encode("utf-8")
+
+
+_HEADER = ("kr_id", "n_grades", "raw_grade", "reason", "std_error")
+_PLAIN_TEXT = st.one_of(
+    st.none(),
+    st.text(alphabet="abcé目🚀-_. 0123456789null", max_size=8),
+    # text cells that spell JSON's null must not lose it
+    st.sampled_from(["null", "nullify", "an null", "", "0.5"]),
+)
+
+
+def _rows(text: st.SearchStrategy[str | None], floats: st.SearchStrategy[float | None]) -> Any:
+    ids = st.text(alphabet="k0123456789é目", min_size=1, max_size=6)
+    return st.lists(st.tuples(ids, st.integers(0, 50), floats, text, floats), max_size=12)
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in _HEADER]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_rows(_PLAIN_TEXT, _FLOATS))
+def test_plain_text_rows_written_in_one_go_equal_the_cell_by_cell_rows(
+    rows: list[tuple[Any, ...]],
+) -> None:
+    values = _columns(rows)
+    fast = _json_rows_body(_HEADER, values)
+    assert fast is not None
+    assert fast == _slow_body(_HEADER, values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_rows(_TEXT, _FLOATS))
+def test_any_rows_written_in_one_go_equal_the_cell_by_cell_rows(
+    rows: list[tuple[Any, ...]],
+) -> None:
+    values = _columns(rows)
+    fast = _json_rows_body(_HEADER, values)
+    if fast is not None:  # anything the one-go path cannot write exactly, it declines
+        assert fast == _slow_body(_HEADER, values)
+
+
+def test_odd_floats_are_written_as_repr_and_odd_text_takes_the_cell_path() -> None:
+    header = ("kr_id", "n_grades", "raw_grade", "reason")
+    plain = [["k1", "k2"], [3, 1], [0.25, None], [None, "no evidence"]]
+    assert _json_rows_body(header, plain) == b"k1,3,0.25,\nk2,1,,no evidence\n"
+    odd = [float("nan"), 1e-05, float("-inf"), 2.5e16]
+    rows = [["a", "b", "c", "d"], [0, 0, 0, 0], odd, [None] * 4]
+    assert _json_rows_body(header, rows) == b"a,0,nan,\nb,0,1e-05,\nc,0,-inf,\nd,0,2.5e+16,\n"
+    assert _json_rows_body(header, [plain[0], plain[1], plain[2], ["a, b", None]]) is None
+    assert _json_rows_body(header, [["k1", None], *plain[1:]]) is None
+    assert _json_rows_body(header, [plain[0], [3, True], *plain[2:]]) is None

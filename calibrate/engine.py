@@ -670,14 +670,9 @@ def _mixed_estimates(
 
 def _owner_rows(t: GradeTable) -> tuple[list[str], IntArray, IntArray]:
     """Owners in sorted order; every KR that has an owner, and its owner's position."""
-    present: set[str | None] = set(t.kr_owner)
-    present.discard(None)
-    names: list[str] = sorted(present)  # type: ignore[arg-type]  # None discarded above
-    pos: dict[str | None, int] = dict(zip(names, range(len(names)), strict=True))
-    pos[None] = -1
-    code = np.array(list(map(pos.__getitem__, t.kr_owner)), dtype=np.int64)
+    names, code = t.owner_coding
     kr_rows = np.flatnonzero(code >= 0)
-    return names, kr_rows, code[kr_rows]
+    return list(names), kr_rows, code[kr_rows]
 
 
 def _leniency(

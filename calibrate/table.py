@@ -22,6 +22,7 @@ import hashlib
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -182,6 +183,22 @@ class GradeTable:
     kr_weight: FloatArray  # per KR, for owner achievement
     input_hash: str
     cycles: tuple[str, ...] = field(default=())
+    #: ``owner_coding`` as a builder that had it already made it (else derived when asked).
+    owner_coding_given: tuple[tuple[str, ...], IntArray] | None = field(default=None, repr=False)
+
+    @cached_property
+    def owner_coding(self) -> tuple[tuple[str, ...], IntArray]:
+        """The owners (sorted, each owning some KR) and per KR its owner's position among
+        them, -1 for a KR without an owner: ``kr_owner`` in integers."""
+        if self.owner_coding_given is not None:
+            return self.owner_coding_given
+        present: set[str | None] = set(self.kr_owner)
+        present.discard(None)
+        names: list[str] = sorted(present)  # type: ignore[arg-type]  # None discarded above
+        pos: dict[str | None, int] = dict(zip(names, range(len(names)), strict=True))
+        pos[None] = -1
+        code = np.fromiter(map(pos.__getitem__, self.kr_owner), np.int64, len(self.kr_owner))
+        return tuple(names), code
 
     @property
     def n_grades(self) -> int:
@@ -348,6 +365,7 @@ class GradeTable:
         owners: Mapping[str, str] | None = None,
         weights: Mapping[str, float] | None = None,
         cycles: tuple[Sequence[str | None], IntArray] | None = None,
+        owner_codes: tuple[Sequence[str], IntArray] | None = None,
     ) -> GradeTable:
         """The fastest builder: ids already coded. Same checks and result as :meth:`from_arrays`.
 
@@ -355,6 +373,8 @@ class GradeTable:
         is fastest); grade ``i`` is by grader ``grader_ids[grader_index[i]]`` of KR
         ``kr_ids[kr_index[i]]``. ``cycles``, when given, is ``(cycle ids, cycle index)``
         alike (``None`` for a grade without a cycle). :func:`factorise` makes these.
+        ``owner_codes``, instead of ``owners``, is ``(owner ids, per KR of kr_ids the
+        position of its owner, -1 for none)``; owner ids no KR uses are left out.
 
         >>> from anchors.scales import parse_scale
         >>> t = GradeTable.from_codes(["k1", "k2"], np.array([1, 0]), ["g"], np.array([0, 0]),
@@ -375,7 +395,10 @@ class GradeTable:
             _check_codes(cycle_ids, ci, n, "cycle index", all_used=False)
         if n == 0:
             raise InputError("no grades given", field="grade")
+        if owner_codes is not None and owners is not None:
+            raise ValueError("give owners or owner_codes, not both")
         kr_names, kr_remap = _sorted_names(kr_ids)
+        coding = None if owner_codes is None else _owner_coding(owner_codes, len(kr_ids), kr_remap)
         gr_names, gr_remap = _sorted_names(grader_ids)
         ki = kr_remap[ki] if kr_remap is not None else ki
         gi = gr_remap[gi] if gr_remap is not None else gi
@@ -426,6 +449,7 @@ class GradeTable:
             owners,
             weights,
             cycle_set,
+            coding,
         )
 
     @classmethod
@@ -442,12 +466,17 @@ class GradeTable:
         owners: Mapping[str, str] | None,
         weights: Mapping[str, float] | None,
         cycles: set[str],
+        owner_coding: tuple[tuple[str, ...], IntArray] | None = None,
     ) -> GradeTable:
         """The table from grades in canonical order (ids sorted; by KR, grader, grade)."""
         ev = _per_kr(kr_names, evidence, np.nan, _check_evidence)
         known = np.isfinite(ev)
         ev[known] = scale.from_google(ev[known])
-        owner_list = _owner_list(kr_names, owner_of, owners or {})
+        if owner_coding is None:
+            owner_list = _owner_list(kr_names, owner_of, owners or {})
+        else:
+            names_or_none: list[str | None] = [*owner_coding[0], None]  # code -1: None
+            owner_list = list(map(names_or_none.__getitem__, owner_coding[1].tolist()))
         w = _per_kr(kr_names, weights, 1.0, _check_weight)
 
         digest = hashlib.sha256()
@@ -473,6 +502,7 @@ class GradeTable:
             kr_weight=w,
             input_hash="sha256:" + digest.hexdigest(),
             cycles=tuple(sorted(cycles)),
+            owner_coding_given=owner_coding,
         )
 
 
@@ -556,6 +586,31 @@ def _passes(check: Callable[[str, object], None], value: np.float64) -> bool:
     except InputError:
         return False
     return True
+
+
+def _owner_coding(
+    owner_codes: tuple[Sequence[str], IntArray], n_krs: int, kr_remap: IntArray | None
+) -> tuple[tuple[str, ...], IntArray]:
+    """``owner_codes`` (per KR as given) as :attr:`GradeTable.owner_coding`: per KR in
+    sorted order, owners sorted, only those some KR uses; owner ids checked."""
+    names, code = owner_codes[0], np.asarray(owner_codes[1], dtype=np.int64)
+    if code.shape != (n_krs,) or (n_krs and (code.min() < -1 or code.max() >= len(names))):
+        raise ValueError("owner_codes must give one owner position (or -1) per KR")
+    if len(set(names)) != len(names):
+        raise ValueError("owner_codes: the owner ids must be distinct")
+    if kr_remap is not None:
+        moved = np.empty_like(code)
+        moved[kr_remap] = code
+        code = moved
+    used = np.flatnonzero(np.bincount(code[code >= 0], minlength=len(names)))
+    kept = [names[i] for i in used.tolist()]
+    if not _ids_ok(kept):
+        for owner in kept:
+            _check_id(owner, "owner_id", None)  # raises at the first bad one, with the reason
+    ordered, remap = _sorted_names(kept)
+    new = np.full(len(names) + 1, -1, dtype=np.int64)  # the last slot takes code -1
+    new[used] = np.arange(used.shape[0]) if remap is None else remap
+    return tuple(ordered), new[code]
 
 
 def _owner_list(

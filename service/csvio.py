@@ -56,6 +56,7 @@ from calibrate.table import factorise
 __all__ = [
     "GRADES_SPEC",
     "KRS_SPEC",
+    "CodedOwners",
     "CsvColumns",
     "CsvInputError",
     "CsvSpec",
@@ -279,7 +280,7 @@ def _plain_grades(data: bytes, source: str, path: Path) -> GradeColumns | None:
     grader = _plain_codes(buf, starts[:, col("grader_id")], ends[:, col("grader_id")])
     if grades is None or kr is None or grader is None:
         return None
-    owners: dict[str, str] = {}
+    owners: Mapping[str, str] = {}
     if "owner_id" in header:
         owner = _plain_codes(buf, starts[:, col("owner_id")], ends[:, col("owner_id")])
         if owner is None:
@@ -472,7 +473,7 @@ def _plain_floats(
 
 def _plain_owners(
     kr: tuple[list[str], IntArray], owner: tuple[list[str], IntArray]
-) -> dict[str, str] | None:
+) -> CodedOwners | None:
     """KR -> owner from coded columns; None when some KR has two owners (an error)."""
     names, codes = owner
     has = codes != 0 if names and names[0] == "" else np.ones(codes.shape, dtype=bool)
@@ -484,14 +485,37 @@ def _plain_owners(
         return None
     if any(len(o) > MAX_ID_LENGTH for o in names):
         return None
-    krs = np.flatnonzero(owner_of >= 0)
-    return dict(
-        zip(
-            map(kr[0].__getitem__, krs.tolist()),
-            map(names.__getitem__, owner_of[krs].tolist()),
-            strict=True,
+    return CodedOwners(kr[0], names, owner_of)
+
+
+class CodedOwners(Mapping[str, str]):
+    """KR id -> owner id, kept as codes: ``owners[code[i]]`` owns ``kr_names[i]`` (-1:
+    no owner). A GradeTable takes the codes as they are (:func:`build_grade_table`);
+    the mapping is made only when asked for, as when owners from a KRS.csv are merged.
+    """
+
+    def __init__(self, kr_names: list[str], owners: list[str], code: IntArray) -> None:
+        self.kr_names, self.owners, self.code = kr_names, owners, code
+
+    @functools.cached_property
+    def _as_dict(self) -> dict[str, str]:
+        krs = np.flatnonzero(self.code >= 0)
+        return dict(
+            zip(
+                map(self.kr_names.__getitem__, krs.tolist()),
+                map(self.owners.__getitem__, self.code[krs].tolist()),
+                strict=True,
+            )
         )
-    )
+
+    def __getitem__(self, kr_id: str) -> str:
+        return self._as_dict[kr_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._as_dict)
+
+    def __len__(self) -> int:
+        return len(self._as_dict)
 
 
 def read_columns(lines: Iterable[str], spec: CsvSpec, *, source: str) -> CsvColumns:
@@ -762,8 +786,8 @@ class GradeColumns:
     grader_names: list[str]
     grader_index: IntArray
     grades: FloatArray
-    #: Owner of each KR, where the grades name one.
-    owners: dict[str, str]
+    #: Owner of each KR, where the grades name one (:class:`CodedOwners` from a plain file).
+    owners: Mapping[str, str]
     cycle_codes: tuple[list[str | None], IntArray] | None = None
 
     @property
@@ -1135,7 +1159,8 @@ def build_grade_table(
     ``evidence`` holds evidence grades on the 0–1 scale by KR id (from the anchors).
     The same (KR, grader) pair may appear once per cycle.
     """
-    owners = _merge_owners(grades, krs)
+    coded = grades.owners if isinstance(grades.owners, CodedOwners) and krs is None else None
+    owners = None if coded is not None else _merge_owners(grades, krs)
     weights = krs.weights if krs is not None else None
     try:
         return GradeTable.from_codes(
@@ -1149,6 +1174,7 @@ def build_grade_table(
             owners=owners,
             weights=weights,
             cycles=grades.cycle_codes,
+            owner_codes=None if coded is None else (coded.owners, coded.code),
         )
     except InputError as exc:
         if exc.field == "weight" and krs is not None:

@@ -138,3 +138,40 @@ def test_from_codes_refuses_a_broken_coding(kr_index: list[int], problem: str) -
         GradeTable.from_codes(
             ["k1", "k2"], np.array(kr_index), ["g"], np.array([0, 0]), np.array([0.1, 0.2]), GOOGLE
         )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_krs=st.integers(1, 12),
+    data=st.data(),
+)
+def test_owner_codes_give_the_table_owners_give(n_krs: int, data: st.DataObject) -> None:
+    # KR ids in any order, owner ids in any order (some unused), some KRs without one
+    kr_ids = data.draw(st.permutations([f"k{i:02d}" for i in range(n_krs)]))
+    owner_ids = data.draw(st.permutations([f"o{i}" for i in range(4)]))
+    code = np.array(data.draw(st.lists(st.integers(-1, 3), min_size=n_krs, max_size=n_krs)))
+    kr_index = np.arange(n_krs)
+    grader_index = np.zeros(n_krs, dtype=np.int64)
+    grades = np.linspace(0.0, 1.0, n_krs)
+    owners = {k: owner_ids[c] for k, c in zip(kr_ids, code.tolist(), strict=True) if c >= 0}
+    args = (kr_ids, kr_index, ["g"], grader_index, grades, GOOGLE)
+    by_map = GradeTable.from_codes(*args, owners=owners)
+    by_code = GradeTable.from_codes(*args, owner_codes=(owner_ids, code))
+    assert by_code.kr_owner == by_map.kr_owner
+    assert by_code.input_hash == by_map.input_hash
+    names, codes = by_code.owner_coding
+    assert names == tuple(sorted(set(owners.values())))
+    assert codes.tolist() == by_map.owner_coding[1].tolist()
+    assert [names[c] if c >= 0 else None for c in codes.tolist()] == list(by_map.kr_owner)
+
+
+def test_owner_codes_are_checked() -> None:
+    args = (["k1", "k2"], np.array([0, 1]), ["g"], np.array([0, 0]), np.array([0.2, 0.4]), GOOGLE)
+    with pytest.raises(ValueError, match="not both"):
+        GradeTable.from_codes(*args, owners={"k1": "o"}, owner_codes=(["o"], np.array([0, -1])))
+    with pytest.raises(ValueError, match="one owner position"):
+        GradeTable.from_codes(*args, owner_codes=(["o"], np.array([0])))
+    with pytest.raises(ValueError, match="one owner position"):
+        GradeTable.from_codes(*args, owner_codes=(["o"], np.array([0, 1])))
+    with pytest.raises(InputError, match="owner_id"):
+        GradeTable.from_codes(*args, owner_codes=(["x" * 1000], np.array([0, -1])))

@@ -39,6 +39,9 @@ def _outcome(read: object) -> object:
         sorted(data.owners.items()),
         data.cycles,
         table.input_hash,
+        table.kr_owner,
+        table.owner_coding[0],
+        table.owner_coding[1].tolist(),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ from calibrate.reml import (
     kr_variance,
     log_ratios,
     prepare_crossed,
+    warm_start,
     with_coef,
     with_design,
 )
@@ -225,23 +227,34 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
 def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
     baseline = isinstance(model, MeanModel | ZScoreModel)
     use, note = (None, None) if baseline else _model_use(t)
-    graph = _graph(t, use)
-    match model:
-        case MeanModel():
-            est = _fit_mean(t, standardise=False)
-        case ZScoreModel():
-            est = _fit_mean(t, standardise=True)
-        case FixedModel():
-            est = _fit_mixed(t, graph, use, fixed=True)
-        case AdditiveModel():
-            est = _fit_mixed(
-                t, graph, use, fixed=False, held=model.hold_variance, confidence=model.confidence
-            )
-        case AffineModel():
-            est = _fit_affine(t, graph, use, model)
-    if note is not None:
-        est = dataclasses.replace(est, warnings=(*est.warnings, note))
-    return _assemble(model, t, graph, est)
+    # Independent parts of the fit run on other threads: the graph's components and
+    # REML's starting point while the design is prepared, the residual diagnostics while
+    # the KR grades are computed. They are mostly numpy calls that release the GIL, so on
+    # a machine with two cores they overlap; the results are the same whatever the timing.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="okrcal-fit") as side:
+        graph = side.submit(_graph, t, use)
+        match model:
+            case MeanModel():
+                est = _fit_mean(t, standardise=False)
+            case ZScoreModel():
+                est = _fit_mean(t, standardise=True)
+            case FixedModel():
+                est = _fit_mixed(t, graph, use, side, fixed=True)
+            case AdditiveModel():
+                est = _fit_mixed(
+                    t,
+                    graph,
+                    use,
+                    side,
+                    fixed=False,
+                    held=model.hold_variance,
+                    confidence=model.confidence,
+                )
+            case AffineModel():
+                est = _fit_affine(t, graph.result(), use, model)
+        if note is not None:
+            est = dataclasses.replace(est, warnings=(*est.warnings, note))
+        return _assemble(model, t, graph.result(), est)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -343,10 +356,17 @@ def _clip(v: FloatArray, t: GradeTable) -> FloatArray:
 # --------------------------------------------------------------------------- mixed models
 
 
-def _design(
+_DesignArgs = tuple[
+    FloatArray, IntArray, IntArray, int, int, FloatArray, BoolArray, FloatArray, FloatArray,
+    FloatArray | None,
+]  # fmt: skip
+
+
+def _design_args(
     t: GradeTable, coef: FloatArray | None = None, use: BoolArray | None = None
-) -> tuple[CrossedData, bool]:
-    """Intercept, and with evidence a grade indicator: its coefficient is the mean leniency.
+) -> tuple[_DesignArgs, bool]:
+    """The arguments of :func:`calibrate.reml.prepare_crossed`: an intercept, and with
+    evidence a grade indicator (its coefficient is the mean leniency).
 
     ``use`` selects the grades the model sees (all by default).
     """
@@ -360,7 +380,7 @@ def _design(
     else:
         X = np.ones((n, 1))
         Xe = np.ones((t.n_krs, 1))
-    d = prepare_crossed(
+    args: _DesignArgs = (
         t.grade[sel],
         t.kr_index[sel],
         t.grader_index[sel],
@@ -372,7 +392,15 @@ def _design(
         Xe,
         coef,
     )
-    return d, with_ev
+    return args, with_ev
+
+
+def _design(
+    t: GradeTable, coef: FloatArray | None = None, use: BoolArray | None = None
+) -> tuple[CrossedData, bool]:
+    """The prepared design of :func:`_design_args`."""
+    args, with_ev = _design_args(t, coef, use)
+    return prepare_crossed(*args), with_ev
 
 
 def _fixed_design(t: GradeTable, use: BoolArray | None = None) -> CrossedData:
@@ -412,8 +440,9 @@ def _deregressed_z(
 
 def _fit_mixed(
     t: GradeTable,
-    graph: _Graph,
+    graph: Future[_Graph],
     use: BoolArray | None,
+    side: ThreadPoolExecutor,
     *,
     fixed: bool,
     held: HeldVariance | None = None,
@@ -425,18 +454,30 @@ def _fit_mixed(
         d = _fixed_design(t, use)
         fit = fit_fixed(d)
         with_ev = bool(t.has_evidence.any())
-        return _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=True)
-    d, with_ev = _design(t, use=use)
-    fit = _reml_or_held(d, held)
-    # the KR grades, their errors and the owners' achievements come from _within_scores
-    est = _mixed_estimates(t, graph, fit, use, with_ev=with_ev, fixed=False, kr_grades=False)
-    return _within_scores(t, graph, est, fit, confidence)
+        return _mixed_estimates(t, graph.result(), fit, use, with_ev=with_ev, fixed=True)
+    args, with_ev = _design_args(t, use=use)
+    # REML's start (a fit to a subsample) needs only the inputs: found while they are prepared
+    warm = side.submit(warm_start, *args) if held is None else None
+    d = prepare_crossed(*args)
+    fit = _reml_or_held(d, held, None if warm is None else warm.result())
+    g = graph.result()
+    # the KR grades, their errors and the owners' achievements come from _within_scores;
+    # the residual diagnostics, meanwhile, from _mixed_estimates
+    diagnostics = side.submit(
+        _mixed_estimates, t, g, fit, use, with_ev=with_ev, fixed=False, kr_grades=False
+    )
+    return _within_scores(t, g, diagnostics, fit, confidence)
 
 
 def _within_scores(
-    t: GradeTable, graph: _Graph, est: _Estimates, fit: CrossedFit, confidence: float
+    t: GradeTable,
+    graph: _Graph,
+    est: Future[_Estimates],
+    fit: CrossedFit,
+    confidence: float,
 ) -> _Estimates:
-    """The additive model's leniencies and KR grades, measured within KRs.
+    """The additive model's leniencies and KR grades, measured within KRs, in place of
+    those of ``est`` (:func:`_mixed_estimates`, which may still be running).
 
     The REML fit gives the variance components and the residual diagnostics. The
     grader effects are then solved again with a flat prior on the KR effects
@@ -467,15 +508,16 @@ def _within_scores(
     def owner_var(row: IntArray, kr: IntArray, w: FloatArray, n_rows: int) -> FloatArray:
         return group_variance(scores, within, row, kr, w, n_rows)
 
+    owners = _owner_mixed(t, graph, scores.value, owner_var)
     return dataclasses.replace(
-        est,
+        est.result(),
         leniency=leniency,
         leniency_se=leniency_se,
         z=z,
         kr_value=scores.value,
         kr_se=scores.se,
         kr_crit=scores.crit,
-        owner_value=_owner_mixed(t, graph, scores.value, owner_var),
+        owner_value=owners,
     )
 
 

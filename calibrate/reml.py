@@ -49,6 +49,7 @@ __all__ = [
     "kr_variance",
     "log_ratios",
     "prepare_crossed",
+    "warm_start",
     "with_coef",
     "with_design",
 ]
@@ -897,27 +898,45 @@ def log_ratios(fit: CrossedFit) -> FloatArray:
     return np.array([math.log(fit.var_kr / s2), math.log(fit.var_grader / s2), *ev])
 
 
-def _warm_start(d: CrossedData) -> FloatArray:
-    """REML on every m-th KR (all of their grades and evidence): a deterministic
-    subsample whose estimates start the full optimisation close to its optimum."""
-    m = math.ceil(d.n_obs / (_WARM_START_OVER / 2))
-    keep_kr = np.arange(d.n_kr) % m == 0
-    g_sel = keep_kr[d.kr]
+def warm_start(
+    y: FloatArray,
+    kr: IntArray,
+    gr: IntArray,
+    n_kr: int,
+    n_gr: int,
+    X: FloatArray,
+    ev_mask: npt.NDArray[np.bool_],
+    ev_value: FloatArray,
+    Xe: FloatArray,
+    coef: FloatArray | None = None,
+) -> FloatArray | None:
+    """Where :func:`fit_crossed` starts on many grades (the arguments of
+    :func:`prepare_crossed`): REML on every m-th KR (all of their grades and evidence), a
+    deterministic subsample whose estimates start the full optimisation close to its
+    optimum. None for up to ``_WARM_START_OVER`` grades, where the default start serves.
+
+    It needs only the inputs, so a caller may run it while the full data are prepared.
+    """
+    if y.shape[0] <= _WARM_START_OVER:
+        return None
+    m = math.ceil(y.shape[0] / (_WARM_START_OVER / 2))
+    keep_kr = np.arange(n_kr) % m == 0
+    g_sel = keep_kr[kr]
     kr_new = np.cumsum(keep_kr) - 1
-    gr_used = np.zeros(d.n_gr, dtype=bool)
-    gr_used[d.gr[g_sel]] = True
+    gr_used = np.zeros(n_gr, dtype=bool)
+    gr_used[gr[g_sel]] = True
     gr_new = np.cumsum(gr_used) - 1
     sub = prepare_crossed(
-        d.y[g_sel],
-        kr_new[d.kr[g_sel]].astype(np.int64),
-        gr_new[d.gr[g_sel]].astype(np.int64),
+        y[g_sel],
+        kr_new[kr[g_sel]].astype(np.int64),
+        gr_new[gr[g_sel]].astype(np.int64),
         int(keep_kr.sum()),
         int(gr_used.sum()),
-        d.X[g_sel],
-        d.ev_mask[keep_kr],
-        d.ev_value[keep_kr],
-        d.Xe[keep_kr],
-        d.coef[g_sel],
+        X[g_sel],
+        ev_mask[keep_kr],
+        ev_value[keep_kr],
+        Xe[keep_kr],
+        None if coef is None else coef[g_sel],
     )
     return log_ratios(fit_crossed(sub, start=_start(), tol=1e-8))
 
@@ -946,10 +965,9 @@ def fit_crossed(
         return _finish(d, np.asarray(start, dtype=np.float64), converged=True, iterations=0)
     if start is not None:
         x0 = np.asarray(start, dtype=np.float64)
-    elif d.n_obs > _WARM_START_OVER:
-        x0 = _warm_start(d)
     else:
-        x0 = _start()
+        warm = warm_start(d.y, d.kr, d.gr, d.n_kr, d.n_gr, d.X, d.ev_mask, d.ev_value, d.Xe, d.coef)
+        x0 = _start() if warm is None else warm
 
     nu = d.n_obs + d.n_ev - d.p
     last: list[_Solved] = []

@@ -241,6 +241,12 @@ class Simulation:
     grader_type_code: IntArray
     #: The organisation's mean true achievement: the centre compressing graders pull to.
     org_mean: float
+    #: Per grade: the grade before rounding and clipping. Per KR: the evidence grade before
+    #: clipping (NaN without evidence). Only an oracle sees these (the Bayes bound).
+    latent_grade: FloatArray
+    latent_evidence: FloatArray
+    #: Per grader: the true-achievement shift of the team they manage (0 without team effects).
+    team_shift: FloatArray
 
     @property
     def n_grades(self) -> int:
@@ -431,7 +437,8 @@ def simulate_org(rng: np.random.Generator, config: SimConfig | None = None) -> S
 
     has_ev = rng.random(n_krs) < cfg.evidence_share
     ev_noise = rng.normal(0.0, cfg.evidence_sd, size=n_krs)
-    evidence = np.where(has_ev, np.clip(truth + ev_noise, 0.0, 1.0), np.nan)
+    latent_ev = np.where(has_ev, truth + ev_noise, np.nan)
+    evidence = np.clip(latent_ev, 0.0, 1.0)  # NaN stays NaN
 
     kw, gw, ow = len(str(n_krs)), len(str(n_g)), len(str(n_owners))
     return Simulation(
@@ -452,6 +459,9 @@ def simulate_org(rng: np.random.Generator, config: SimConfig | None = None) -> S
         noise_sd=noise_sd,
         grader_type_code=type_code,
         org_mean=org_mean,
+        latent_grade=latent,
+        latent_evidence=latent_ev,
+        team_shift=np.zeros(n_g) if team is None else team,
     )
 
 

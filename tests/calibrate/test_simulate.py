@@ -225,3 +225,18 @@ def test_unknown_scenario_names_the_choices() -> None:
 def test_bad_config_names_the_field(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SimConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["realistic", "team_differences", "no_evidence_30pct_double"])
+def test_latent_values_are_what_was_rounded_and_clipped(name: str) -> None:
+    sim = simulate_org(np.random.default_rng(4), scenario(name))
+    grid = sim.config.grid
+    assert np.array_equal(
+        np.clip(np.round(np.round(sim.latent_grade / grid) * grid, 10), 0.0, 1.0), sim.grade
+    )
+    has = np.isfinite(sim.evidence)
+    assert np.array_equal(np.isfinite(sim.latent_evidence), has)
+    assert np.array_equal(np.clip(sim.latent_evidence[has], 0.0, 1.0), sim.evidence[has])
+    # the team shift is the one in the truth (before clipping at 0 and 1)
+    shift = sim.team_shift[sim.owner_manager[sim.kr_owner]]
+    assert (sim.config.team_effect_sd > 0) == bool(np.any(shift != 0))

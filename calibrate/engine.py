@@ -58,7 +58,7 @@ from calibrate.results import (
     Component,
     GraderEffect,
     GraderFlag,
-    KRScore,
+    KRColumns,
     OwnerAchievement,
     UnexpectedGrade,
     VarianceComponents,
@@ -66,7 +66,7 @@ from calibrate.results import (
 from calibrate.scoring import group_variance, mixture_effects, score_krs
 from calibrate.table import GradeTable
 
-__all__ = ["benjamini_hochberg", "fit_model"]
+__all__ = ["benjamini_hochberg", "fit_columns", "fit_model"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -214,9 +214,23 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
     threads cost more than they give, and one thread makes every result bit-for-bit
     reproducible.
     """
+    return _fit_guarded(model, t, kr_rows=True)[0]
+
+
+def fit_columns(model: Model, t: GradeTable) -> tuple[CalibrationFit, KRColumns]:
+    """Fit ``model`` to ``t``, with the per-KR results as columns instead of rows.
+
+    The fit's ``krs`` is empty, as in a stored overview; :meth:`KRColumns.rows` gives
+    what :func:`fit_model` puts there. For readers of every KR at once, such as the CSV
+    writer of ``okrcal calibrate``: a row object per KR costs more than the columns.
+    """
+    return _fit_guarded(model, t, kr_rows=False)
+
+
+def _fit_guarded(model: Model, t: GradeTable, *, kr_rows: bool) -> tuple[CalibrationFit, KRColumns]:
     with threadpool_limits(limits=1, user_api="blas"):
         try:
-            return _fit_model(model, t)
+            return _fit_model(model, t, kr_rows=kr_rows)
         except np.linalg.LinAlgError as exc:
             # a design the model cannot solve is the caller's data, not a crash
             raise ModelError(
@@ -224,7 +238,7 @@ def fit_model(model: Model, t: GradeTable) -> CalibrationFit:
             ) from exc
 
 
-def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
+def _fit_model(model: Model, t: GradeTable, *, kr_rows: bool) -> tuple[CalibrationFit, KRColumns]:
     baseline = isinstance(model, MeanModel | ZScoreModel)
     use, note = (None, None) if baseline else _model_use(t)
     # Independent parts of the fit run on other threads: the graph's components and
@@ -254,7 +268,7 @@ def _fit_model(model: Model, t: GradeTable) -> CalibrationFit:
                 est = _fit_affine(t, graph.result(), use, model)
         if note is not None:
             est = dataclasses.replace(est, warnings=(*est.warnings, note))
-        return _assemble(model, t, graph.result(), est)
+        return _assemble(model, t, graph.result(), est, kr_rows=kr_rows)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -933,7 +947,9 @@ def _update_scales(
 # --------------------------------------------------------------------------- results
 
 
-def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> CalibrationFit:
+def _assemble(
+    model: Model, t: GradeTable, graph: _Graph, est: _Estimates, *, kr_rows: bool
+) -> tuple[CalibrationFit, KRColumns]:
     zc = _z_crit(model.confidence)
     span = t.scale.span
     min_eff = model.min_effect * span
@@ -1067,46 +1083,25 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     ]
 
     raw, n_grades = _raw_means(t)
-    # vectorised: a fit may hold hundreds of thousands of KRs
+    # vectorised: a fit may hold hundreds of thousands of KRs; NaN where no estimate
     kval = est.kr_value
     kse = est.kr_se
     ok = np.isfinite(kval)
     se_ok = ok & np.isfinite(kse)
-    cal = _nullable(np.clip(kval, t.scale.low, t.scale.high), ok)
-    se_l = _nullable(kse, se_ok)
     crit = zc if est.kr_crit is None else est.kr_crit
-    lo_l = _nullable(np.maximum(kval - crit * kse, t.scale.low), se_ok)
-    hi_l = _nullable(np.minimum(kval + crit * kse, t.scale.high), se_ok)
-    ev_l = _nullable(t.evidence, np.isfinite(t.evidence))
-    why = est.kr_reason or "not estimable"
-    reason_l = [None if good else why for good in se_ok.tolist()]
-    krs = [
-        KRScore(
-            kr_id=kid,
-            owner_id=owner,
-            n_grades=ng,
-            raw_grade=rg,
-            evidence_grade=evg,
-            calibrated_grade=cg,
-            std_error=sev,
-            ci_low=lo,
-            ci_high=hi,
-            reason=rs,
+    with np.errstate(invalid="ignore"):
+        kr_columns = KRColumns(
+            kr_id=t.kr_ids,
+            owner_id=t.kr_owner,
+            n_grades=n_grades,
+            raw_grade=raw,
+            evidence_grade=t.evidence,
+            calibrated_grade=np.where(ok, np.clip(kval, t.scale.low, t.scale.high), np.nan),
+            std_error=np.where(se_ok, kse, np.nan),
+            ci_low=np.where(se_ok, np.maximum(kval - crit * kse, t.scale.low), np.nan),
+            ci_high=np.where(se_ok, np.minimum(kval + crit * kse, t.scale.high), np.nan),
+            missing_reason=est.kr_reason or "not estimable",
         )
-        for kid, owner, ng, rg, evg, cg, sev, lo, hi, rs in zip(
-            t.kr_ids,
-            t.kr_owner,
-            n_grades.tolist(),
-            raw.tolist(),
-            ev_l,
-            cal,
-            se_l,
-            lo_l,
-            hi_l,
-            reason_l,
-            strict=True,
-        )
-    ]
 
     owner_names, owner_row = graph.owner_names, graph.owner_row
     nan_pair = (math.nan, math.nan)
@@ -1155,7 +1150,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
     warnings = list(est.warnings)
     if not baseline:
         warnings.extend(_connectivity_notes(graph))
-    return CalibrationFit(
+    fit = CalibrationFit(
         model=_model_name(model),
         model_spec=model.to_dict(),
         model_version=MODEL_VERSION,
@@ -1168,7 +1163,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         n_krs=t.n_krs,
         n_graders=t.n_graders,
         graders=tuple(graders),
-        krs=tuple(krs),
+        krs=kr_columns.rows() if kr_rows else (),
         owners=tuple(owners),
         variance=est.variance,
         components=graph.components,
@@ -1177,6 +1172,7 @@ def _assemble(model: Model, t: GradeTable, graph: _Graph, est: _Estimates) -> Ca
         iterations=est.iterations,
         warnings=tuple(warnings),
     )
+    return fit, kr_columns
 
 
 def _connectivity_notes(graph: _Graph) -> list[str]:

@@ -8,9 +8,12 @@ the hash of its input, so every number can be reproduced from its inputs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "MODEL_VERSION",
@@ -19,6 +22,7 @@ __all__ = [
     "Component",
     "GraderEffect",
     "GraderFlag",
+    "KRColumns",
     "KRScore",
     "OwnerAchievement",
     "UnexpectedGrade",
@@ -82,6 +86,71 @@ class KRScore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ci_low: float | None
     ci_high: float | None
     reason: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class KRColumns:
+    """The per-KR results as columns: :attr:`CalibrationFit.krs` one column at a time.
+
+    A reader that wants every KR at once (a CSV writer, say) takes these and skips a row
+    object per KR. NaN marks what a row has as ``None``: an estimate that could not be
+    made, or no evidence grade; ``reason`` is given for every KR without a standard error.
+    """
+
+    kr_id: tuple[str, ...]
+    owner_id: tuple[str | None, ...]
+    n_grades: npt.NDArray[np.int64]
+    raw_grade: npt.NDArray[np.float64]
+    evidence_grade: npt.NDArray[np.float64]
+    calibrated_grade: npt.NDArray[np.float64]
+    std_error: npt.NDArray[np.float64]
+    ci_low: npt.NDArray[np.float64]
+    ci_high: npt.NDArray[np.float64]
+    #: Why a KR has no standard error (the same for all of them in one fit).
+    missing_reason: str
+
+    def reason(self) -> list[str | None]:
+        """Per KR: ``missing_reason`` where the standard error is NaN, else None."""
+        why = self.missing_reason
+        return [why if bad else None for bad in np.isnan(self.std_error).tolist()]
+
+    def rows(self) -> tuple[KRScore, ...]:
+        """The same results as one :class:`KRScore` per KR."""
+        return tuple(
+            KRScore(
+                kr_id=kid,
+                owner_id=owner,
+                n_grades=ng,
+                raw_grade=rg,
+                evidence_grade=evg,
+                calibrated_grade=cg,
+                std_error=sev,
+                ci_low=lo,
+                ci_high=hi,
+                reason=rs,
+            )
+            for kid, owner, ng, rg, evg, cg, sev, lo, hi, rs in zip(
+                self.kr_id,
+                self.owner_id,
+                self.n_grades.tolist(),
+                self.raw_grade.tolist(),
+                _nones(self.evidence_grade),
+                _nones(self.calibrated_grade),
+                _nones(self.std_error),
+                _nones(self.ci_low),
+                _nones(self.ci_high),
+                self.reason(),
+                strict=True,
+            )
+        )
+
+
+def _nones(values: npt.NDArray[np.float64]) -> list[float | None]:
+    """Floats, with ``None`` where NaN (never NaN across the boundary)."""
+    out: list[float | None] = values.tolist()
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        out[i] = None
+    return out
 
 
 class OwnerAchievement(msgspec.Struct, frozen=True, kw_only=True, gc=False):

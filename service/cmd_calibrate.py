@@ -45,6 +45,7 @@ from typing import Any, Final, TextIO
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from anchors import EvidenceProblem, Scale, ScaleError, check_outcome, parse_scale
 from anchors.evidence import grade_columns
@@ -53,6 +54,7 @@ from calibrate import (
     CalibrateError,
     CalibrationFit,
     Component,
+    KRColumns,
     Model,
     ModelError,
     UnexpectedGrade,
@@ -393,7 +395,9 @@ def _calibrate_to_dir(
     table = build_grade_table(grade_data, the_scale, evidence=evidence, krs=kr_rows)
     clock.lap("table")
     try:
-        fit = spec.fit(table)
+        from calibrate.engine import fit_columns  # imported meanwhile by _import_meanwhile
+
+        fit, kr_columns = fit_columns(spec, table)
     except CalibrateError as exc:
         # valid grades the model cannot take (say, too many graders in one linked group)
         raise CsvInputError(
@@ -413,7 +417,7 @@ def _calibrate_to_dir(
             {c for c in grade_data.cycle_codes[0] if c} if grade_data.cycle_codes else ()
         ),
     )
-    _write_outputs(out, fit, report)
+    _write_outputs(out, fit, kr_columns, report)
     clock.lap("write")
 
     for note in notes[:_SHOWN]:
@@ -672,17 +676,36 @@ def _float_cells(values: Sequence[float | None]) -> list[str]:
 
 
 def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct]) -> None:
-    values = [list(map(operator.attrgetter(name), items)) for name in header]
+    _write_columns(path, header, [list(map(operator.attrgetter(name), items)) for name in header])
+
+
+#: A column to write: values (None for an empty cell), or a numpy array (NaN for one).
+Column = list[Any] | npt.NDArray[Any]
+
+
+def _write_columns(path: Path, header: Sequence[str], columns: Sequence[Column]) -> None:
+    """One CSV file: the header, then a row per entry of the columns."""
     with path.open("wb") as fh:
         fh.write((",".join(header) + "\n").encode("utf-8"))
-        body = _json_rows_body(header, values)
+        body = _json_rows_body(header, columns)
         if body is not None:
             fh.write(body)
             return
-        cells = [_column(name, column) for name, column in zip(header, values, strict=True)]
-        for start in range(0, len(items), 1 << 16):
+        cells = [_column(name, _values(col)) for name, col in zip(header, columns, strict=True)]
+        for start in range(0, len(cells[0]) if cells else 0, 1 << 16):
             rows = zip(*(c[start : start + (1 << 16)] for c in cells), strict=True)
             fh.write(("\n".join(map(",".join, rows)) + "\n").encode("utf-8"))
+
+
+def _values(column: Column) -> list[Any]:
+    """A column as Python values, None where an array holds NaN."""
+    if not isinstance(column, np.ndarray):
+        return column
+    out: list[Any] = column.tolist()
+    if column.dtype.kind == "f":
+        for i in np.flatnonzero(np.isnan(column)).tolist():
+            out[i] = None
+    return out
 
 
 # Text cells that JSON writes as they are and that hold no CSV syntax: no quote,
@@ -691,7 +714,7 @@ def _write_csv(path: Path, header: Sequence[str], items: Sequence[msgspec.Struct
 _PLAIN_TEXT: Final = re.compile(r'[",\\\[\]\x00-\x1f]')
 
 
-def _json_rows_body(header: Sequence[str], values: list[list[Any]]) -> bytes | None:
+def _json_rows_body(header: Sequence[str], values: Sequence[Column]) -> bytes | None:
     """The CSV rows as :func:`_column` cells would make them, or None where they would differ.
 
     msgspec encodes all the rows as JSON arrays in one call, which turns into CSV by
@@ -700,9 +723,13 @@ def _json_rows_body(header: Sequence[str], values: list[list[Any]]) -> bytes | N
     are written by msgspec with ``repr``'s digits where ``repr`` is positional (0, or
     1e-4 <= |x| < 1e16); the few others (tiny p-values, NaN) go in as ``repr``'s text.
     Anything else (numpy numbers, text needing quotes) takes the cell-by-cell path.
+    A numpy column needs no type check: its NaNs are written as JSON null, empty cells.
     """
-    columns = []
+    columns: list[list[Any]] = []
     for name, column in zip(header, values, strict=True):
+        if isinstance(column, np.ndarray):
+            columns.append(_array_json_values(column))
+            continue
         kinds = set(map(type, column))
         if name in _INT_COLUMNS:
             ok = kinds <= {int}
@@ -725,6 +752,20 @@ def _json_rows_body(header: Sequence[str], values: list[list[Any]]) -> bytes | N
     return encoded + b"\n"
 
 
+def _array_json_values(column: npt.NDArray[Any]) -> list[Any]:
+    """An int or float array as JSON-ready values: floats msgspec writes otherwise than
+    ``repr`` as ``repr``'s text, NaN left as NaN (msgspec writes it as null)."""
+    out: list[Any] = column.tolist()
+    if column.dtype.kind != "f":
+        return out
+    mags = np.abs(column)
+    with np.errstate(invalid="ignore"):
+        odd = ~np.isnan(column) & ~((mags == 0) | ((mags >= 1e-4) & (mags < 1e16)))
+    for i in np.flatnonzero(odd).tolist():
+        out[i] = repr(out[i])
+    return out
+
+
 def _repr_where_json_differs(column: list[Any]) -> list[Any]:
     """Floats and Nones, with ``repr(v)`` in place of each float msgspec writes otherwise."""
     arr = np.array(column, dtype=np.float64)  # None becomes NaN
@@ -740,14 +781,28 @@ def _repr_where_json_differs(column: list[Any]) -> list[Any]:
     return out
 
 
-def _write_outputs(out: Path, fit: CalibrationFit, report: CalibrateReport) -> None:
+def _write_outputs(
+    out: Path, fit: CalibrationFit, kr_columns: KRColumns, report: CalibrateReport
+) -> None:
     # Through a symlink: replace the directory it points to, not the link.
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.okrcal-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        _write_csv(staging / "scores.csv", SCORES_COLUMNS, fit.krs)
+        scores: dict[str, Column] = {
+            "kr_id": list(kr_columns.kr_id),
+            "owner_id": list(kr_columns.owner_id),
+            "n_grades": kr_columns.n_grades,
+            "raw_grade": kr_columns.raw_grade,
+            "evidence_grade": kr_columns.evidence_grade,
+            "calibrated_grade": kr_columns.calibrated_grade,
+            "ci_low": kr_columns.ci_low,
+            "ci_high": kr_columns.ci_high,
+            "std_error": kr_columns.std_error,
+            "reason": kr_columns.reason(),
+        }
+        _write_columns(staging / "scores.csv", SCORES_COLUMNS, [scores[n] for n in SCORES_COLUMNS])
         _write_csv(staging / "graders.csv", GRADERS_COLUMNS, fit.graders)
         _write_csv(staging / "owners.csv", OWNERS_COLUMNS, fit.owners)
         encoded = msgspec.json.format(msgspec.json.encode(report), indent=2)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +29,7 @@ from calibrate import (
     ZScoreModel,
     model_from_name,
 )
-from calibrate.engine import benjamini_hochberg
+from calibrate.engine import benjamini_hochberg, fit_columns
 from calibrate.errors import BlockTooLargeError
 from calibrate.reml import fit_crossed, fit_fixed, prepare_crossed
 
@@ -484,6 +485,26 @@ def test_a_grader_without_a_comparison_raises_no_numpy_warning(
     lonely = next(g for g in fit.graders if g.grader_id == "lonely")
     assert lonely.leniency is None
     assert lonely.scale_std_error is None
+
+
+@pytest.mark.parametrize("name", ["mean", "zscore", "fixed", "additive", "affine"])
+def test_fit_columns_hold_the_rows_fit_model_gives(name: str) -> None:
+    t, _, _ = _org(seed=2, n_gr=12, n_kr=150)
+    model = model_from_name(name)
+    fit = model.fit(t)
+    overview, columns = fit_columns(model, t)
+    assert overview.krs == ()
+    assert columns.rows() == fit.krs
+    assert msgspec.structs.replace(overview, krs=columns.rows()) == fit
+
+
+def test_fit_columns_give_the_reason_where_nothing_is_estimable() -> None:
+    recs = [
+        GradeRecord(kr_id=f"k{i}", grader_id=f"g{i % 3}", grade=0.1 * (i % 10)) for i in range(30)
+    ]
+    _, columns = fit_columns(AdditiveModel(), GradeTable.from_records(recs, GOOGLE))
+    assert np.isnan(columns.calibrated_grade).all()
+    assert all(r is not None and "nothing links" in r for r in columns.reason())
 
 
 def test_nothing_linked_says_so() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.cmd_calibrate import _column, _float_cells, _json_rows_body
+from service.cmd_calibrate import _column, _float_cells, _json_rows_body, _write_columns
 
 
 @settings(max_examples=300, deadline=None)
@@ -104,3 +105,38 @@ def test_odd_floats_are_written_as_repr_and_odd_text_takes_the_cell_path() -> No
     assert _json_rows_body(header, [plain[0], plain[1], plain[2], ["a, b", None]]) is None
     assert _json_rows_body(header, [["k1", None], *plain[1:]]) is None
     assert _json_rows_body(header, [plain[0], [3, True], *plain[2:]]) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(alphabet="k0123456789é", min_size=1, max_size=5),
+            st.integers(0, 9),
+            _FLOATS,
+            _FLOATS,
+            st.one_of(st.none(), st.sampled_from(["not estimable", "no KR has two grades, so"])),
+        ),
+        max_size=10,
+    )
+)
+def test_columns_as_arrays_write_what_the_rows_write(
+    rows: list[tuple[str, int, float | None, float | None, str | None]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    header = ("kr_id", "n_grades", "raw_grade", "std_error", "reason")
+    lists = _columns(rows) if rows else [[] for _ in header]
+    arrays: list[Any] = [
+        lists[0],
+        np.array(lists[1], dtype=np.int64),
+        np.array([np.nan if v is None else v for v in lists[2]], dtype=np.float64),
+        np.array([np.nan if v is None else v for v in lists[3]], dtype=np.float64),
+        lists[4],
+    ]
+    folder = tmp_path_factory.mktemp("cols")
+    _write_columns(folder / "lists.csv", header, lists)
+    _write_columns(folder / "arrays.csv", header, arrays)
+    assert (folder / "arrays.csv").read_bytes() == (folder / "lists.csv").read_bytes()
+    assert (folder / "lists.csv").read_bytes() == (",".join(header) + "\n").encode() + _slow_body(
+        header, lists
+    )

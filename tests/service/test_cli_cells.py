@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service import cmd_calibrate
 from service.cmd_calibrate import _column, _float_cells, _json_rows_body, _write_columns
 
 
@@ -81,7 +82,7 @@ def test_plain_text_rows_written_in_one_go_equal_the_cell_by_cell_rows(
     values = _columns(rows)
     fast = _json_rows_body(_HEADER, values)
     assert fast is not None
-    assert fast == _slow_body(_HEADER, values)
+    assert b"".join(fast) == _slow_body(_HEADER, values)
 
 
 @settings(max_examples=300, deadline=None)
@@ -92,16 +93,16 @@ def test_any_rows_written_in_one_go_equal_the_cell_by_cell_rows(
     values = _columns(rows)
     fast = _json_rows_body(_HEADER, values)
     if fast is not None:  # anything the one-go path cannot write exactly, it declines
-        assert fast == _slow_body(_HEADER, values)
+        assert b"".join(fast) == _slow_body(_HEADER, values)
 
 
 def test_odd_floats_are_written_as_repr_and_odd_text_takes_the_cell_path() -> None:
     header = ("kr_id", "n_grades", "raw_grade", "reason")
     plain = [["k1", "k2"], [3, 1], [0.25, None], [None, "no evidence"]]
-    assert _json_rows_body(header, plain) == b"k1,3,0.25,\nk2,1,,no evidence\n"
+    assert _json_rows_body(header, plain) == [b"k1,3,0.25,\nk2,1,,no evidence\n"]
     odd = [float("nan"), 1e-05, float("-inf"), 2.5e16]
     rows = [["a", "b", "c", "d"], [0, 0, 0, 0], odd, [None] * 4]
-    assert _json_rows_body(header, rows) == b"a,0,nan,\nb,0,1e-05,\nc,0,-inf,\nd,0,2.5e+16,\n"
+    assert _json_rows_body(header, rows) == [b"a,0,nan,\nb,0,1e-05,\nc,0,-inf,\nd,0,2.5e+16,\n"]
     assert _json_rows_body(header, [plain[0], plain[1], plain[2], ["a, b", None]]) is None
     assert _json_rows_body(header, [["k1", None], *plain[1:]]) is None
     assert _json_rows_body(header, [plain[0], [3, True], *plain[2:]]) is None
@@ -140,3 +141,21 @@ def test_columns_as_arrays_write_what_the_rows_write(
     assert (folder / "lists.csv").read_bytes() == (",".join(header) + "\n").encode() + _slow_body(
         header, lists
     )
+
+
+@pytest.mark.parametrize("rows_at_a_time", [1, 2, 3, 7, 8])
+def test_rows_written_in_chunks_join_up(
+    rows_at_a_time: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cmd_calibrate, "_ROWS_AT_A_TIME", rows_at_a_time)
+    values: list[list[Any]] = [
+        [f"k{i}" for i in range(7)],
+        list(range(7)),
+        [0.5, None, 1e-05, 0.25, None, 3.0, 0.1],
+        ["null", None, "x", None, None, "", "nullify"],
+        [None] * 7,
+    ]
+    chunks = _json_rows_body(_HEADER, values)
+    assert chunks is not None
+    assert len(chunks) == -(-7 // rows_at_a_time)
+    assert b"".join(chunks) == _slow_body(_HEADER, values)

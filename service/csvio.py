@@ -45,6 +45,7 @@ from typing import Any, Final, TextIO, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from anchors.errors import EvidenceError
 from anchors.evidence import EvidenceColumns, EvidenceProblem
@@ -385,15 +386,22 @@ def _plain_cells(
     longest = int(lengths.max())
     if longest > _PLAIN_WIDTH:
         return None
-    cells = np.zeros((starts.shape[0], max(8, -(-longest // 8) * 8)), dtype=np.uint8)
-    if int(lengths.min()) == longest:
-        # every cell as long (ids like k000123): one gather, nothing to blank
-        cells[:, :longest] = buf[starts[:, None] + np.arange(longest)]
-        return cells
-    last = buf.shape[0] - 1
-    for j in range(longest):
-        cells[:, j] = np.where(j < lengths, buf[np.minimum(starts + j, last)], 0)
-    return cells
+    width = max(8, -(-longest // 8) * 8)
+    # each cell's row is the window of `width` bytes from its start: one gather for all
+    fits = starts <= buf.shape[0] - width  # all but cells in the file's last bytes
+    if fits.all():
+        cells = sliding_window_view(buf, width)[starts]
+    else:
+        cells = np.zeros((starts.shape[0], width), dtype=np.uint8)
+        if buf.shape[0] >= width:
+            cells[fits] = sliding_window_view(buf, width)[starts[fits]]
+        for i in np.flatnonzero(~fits).tolist():
+            tail = buf[starts[i] : starts[i] + width]
+            cells[i, : tail.shape[0]] = tail
+    if int(lengths.min()) != width:
+        cells[np.arange(width) >= lengths[:, None]] = 0  # the bytes past each cell
+    out: npt.NDArray[np.uint8] = cells
+    return out
 
 
 def _plain_codes(

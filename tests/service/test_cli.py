@@ -533,10 +533,11 @@ def test_a_model_that_refuses_the_grades_exits_2_and_writes_nothing(
 ) -> None:
     import calibrate.engine
 
-    def refuse(*args: object) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
         raise CalibrateError("3001 graders form one connected group")
 
-    monkeypatch.setattr(calibrate.engine, "fit_model", refuse)
+    # behind both fit_model and fit_columns (which okrcal calibrate calls)
+    monkeypatch.setattr(calibrate.engine, "_fit_guarded", refuse)
     out = tmp_path / "out"
     assert main(["calibrate", str(grades_csv), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -334,7 +334,7 @@ def target_lines(res: dict[str, dict[str, Tally]]) -> list[str]:
         if ORACLE in res[s]:
             out.append(
                 f"INFO: [{s}] oracle that knows every grader's true effects: RMSE = "
-                f"{ratio(s, ORACLE):.3f} x raw (about the best any model can do on this simulation)"
+                f"{ratio(s, ORACLE):.3f} x raw (benchmarks/bayes_bound.py gives the exact floor)"
             )
     if "affine" in res.get("compression_heavy", {}):
         t = res["compression_heavy"]["affine"]

@@ -516,6 +516,10 @@ class CodedOwners(Mapping[str, str]):
             )
         )
 
+    def to_dict(self) -> dict[str, str]:
+        """A new dict of the same KR -> owner pairs."""
+        return self._as_dict.copy()
+
     def __getitem__(self, kr_id: str) -> str:
         return self._as_dict[kr_id]
 
@@ -1136,7 +1140,9 @@ def _given(kr_ids: list[str], values: list[_T | None]) -> dict[str, _T]:
 
 
 def _merge_owners(grades: GradeColumns, krs: KeyResultRows | None) -> dict[str, str]:
-    owners = dict(grades.owners)
+    coded = grades.owners
+    # a copy of the mapping CodedOwners made once (dict() of a Mapping asks key by key)
+    owners = coded.to_dict() if isinstance(coded, CodedOwners) else dict(coded)
     if krs is None:
         return owners
     given = krs.owners

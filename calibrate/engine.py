@@ -103,7 +103,6 @@ class _Graph:
     kr_comp: IntArray
     components: tuple[Component, ...]
     grader_linked: BoolArray  # in the reference component
-    kr_linked: BoolArray
     # in the reference, or in another part with at least two graders to compare
     grader_comparable: BoolArray
     n_linking: IntArray  # per grader
@@ -162,7 +161,6 @@ def _graph(t: GradeTable, use: BoolArray | None = None) -> _Graph:
         kr_comp=k_comp,
         components=comps,
         grader_linked=g_comp == ref,
-        kr_linked=k_comp == ref,
         grader_comparable=(g_comp == ref) | (n_g[g_comp] >= 2),
         n_linking=n_linking,
         owner_names=owner_names,

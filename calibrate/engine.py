@@ -38,6 +38,7 @@ from calibrate.reml import (
     MAX_BLOCK,
     CrossedData,
     CrossedFit,
+    CrossedInputs,
     _wsum,
     contrast_var_multi,
     fit_crossed,
@@ -62,6 +63,7 @@ from calibrate.results import (
     OwnerAchievement,
     UnexpectedGrade,
     VarianceComponents,
+    _nullable,
 )
 from calibrate.scoring import group_variance, mixture_effects, score_krs
 from calibrate.table import GradeTable
@@ -368,15 +370,9 @@ def _clip(v: FloatArray, t: GradeTable) -> FloatArray:
 # --------------------------------------------------------------------------- mixed models
 
 
-_DesignArgs = tuple[
-    FloatArray, IntArray, IntArray, int, int, FloatArray, BoolArray, FloatArray, FloatArray,
-    FloatArray | None,
-]  # fmt: skip
-
-
 def _design_args(
     t: GradeTable, coef: FloatArray | None = None, use: BoolArray | None = None
-) -> tuple[_DesignArgs, bool]:
+) -> tuple[CrossedInputs, bool]:
     """The arguments of :func:`calibrate.reml.prepare_crossed`: an intercept, and with
     evidence a grade indicator (its coefficient is the mean leniency).
 
@@ -392,7 +388,7 @@ def _design_args(
     else:
         X = np.ones((n, 1))
         Xe = np.ones((t.n_krs, 1))
-    args: _DesignArgs = (
+    args = CrossedInputs(
         t.grade[sel],
         t.kr_index[sel],
         t.grader_index[sel],
@@ -469,7 +465,7 @@ def _fit_mixed(
         return _mixed_estimates(t, graph.result(), fit, use, with_ev=with_ev, fixed=True)
     args, with_ev = _design_args(t, use=use)
     # REML's start (a fit to a subsample) needs only the inputs: found while they are prepared
-    warm = side.submit(warm_start, *args) if held is None else None
+    warm = side.submit(warm_start, args) if held is None else None
     d = prepare_crossed(*args)
     fit = _reml_or_held(d, held, None if warm is None else warm.result())
     g = graph.result()
@@ -1191,14 +1187,6 @@ def _connectivity_notes(graph: _Graph) -> list[str]:
             "their leniency cannot be compared with anyone's"
         )
     return notes
-
-
-def _nullable(values: FloatArray, mask: BoolArray) -> list[float | None]:
-    """Floats where ``mask`` holds, ``None`` elsewhere (never NaN across the boundary)."""
-    out: list[float | None] = values.tolist()
-    for i in np.flatnonzero(~mask).tolist():
-        out[i] = None
-    return out
 
 
 def _model_name(model: Model) -> str:

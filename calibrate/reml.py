@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,7 @@ __all__ = [
     "MAX_BLOCK",
     "CrossedData",
     "CrossedFit",
+    "CrossedInputs",
     "contrast_var_multi",
     "fit_crossed",
     "fit_fixed",
@@ -135,6 +136,22 @@ class _Blocks:
         return out
 
 
+class CrossedInputs(NamedTuple):
+    """The arguments of :func:`prepare_crossed` (see there), as :func:`warm_start` takes
+    them too: the grades, their codes and design, and the evidence per KR."""
+
+    y: FloatArray
+    kr: IntArray
+    gr: IntArray
+    n_kr: int
+    n_gr: int
+    X: FloatArray
+    ev_mask: npt.NDArray[np.bool_] | None = None
+    ev_value: FloatArray | None = None
+    Xe: FloatArray | None = None
+    coef: FloatArray | None = None
+
+
 @dataclass(frozen=True)
 class CrossedData:
     """Sufficient statistics and index structures for :func:`fit_crossed`."""
@@ -185,6 +202,13 @@ class CrossedData:
     class_w2: FloatArray  # per class
     class_ev: FloatArray  # per class (0 or 1)
     class_buf: FloatArray | None  # classes x block entries, or None (use the triples)
+
+    def inputs(self) -> CrossedInputs:
+        """What :func:`prepare_crossed` made these from (its defaults filled in)."""
+        return CrossedInputs(
+            self.y, self.kr, self.gr, self.n_kr, self.n_gr, self.X,
+            self.ev_mask, self.ev_value, self.Xe, self.coef,
+        )  # fmt: skip
 
 
 def _cols(index: IntArray, values: FloatArray, n: int) -> FloatArray:
@@ -898,25 +922,15 @@ def log_ratios(fit: CrossedFit) -> FloatArray:
     return np.array([math.log(fit.var_kr / s2), math.log(fit.var_grader / s2), *ev])
 
 
-def warm_start(
-    y: FloatArray,
-    kr: IntArray,
-    gr: IntArray,
-    n_kr: int,
-    n_gr: int,
-    X: FloatArray,
-    ev_mask: npt.NDArray[np.bool_],
-    ev_value: FloatArray,
-    Xe: FloatArray,
-    coef: FloatArray | None = None,
-) -> FloatArray | None:
-    """Where :func:`fit_crossed` starts on many grades (the arguments of
-    :func:`prepare_crossed`): REML on every m-th KR (all of their grades and evidence), a
-    deterministic subsample whose estimates start the full optimisation close to its
-    optimum. None for up to ``_WARM_START_OVER`` grades, where the default start serves.
+def warm_start(inputs: CrossedInputs) -> FloatArray | None:
+    """Where :func:`fit_crossed` starts on many grades: REML on every m-th KR (all of
+    their grades and evidence), a deterministic subsample whose estimates start the
+    full optimisation close to its optimum. None for up to ``_WARM_START_OVER`` grades,
+    where the default start serves.
 
     It needs only the inputs, so a caller may run it while the full data are prepared.
     """
+    y, kr, gr, n_kr, n_gr, X, ev_mask, ev_value, Xe, coef = inputs
     if y.shape[0] <= _WARM_START_OVER:
         return None
     m = math.ceil(y.shape[0] / (_WARM_START_OVER / 2))
@@ -933,9 +947,9 @@ def warm_start(
         int(keep_kr.sum()),
         int(gr_used.sum()),
         X[g_sel],
-        ev_mask[keep_kr],
-        ev_value[keep_kr],
-        Xe[keep_kr],
+        None if ev_mask is None else ev_mask[keep_kr],
+        None if ev_value is None else ev_value[keep_kr],
+        None if Xe is None else Xe[keep_kr],
         None if coef is None else coef[g_sel],
     )
     return log_ratios(fit_crossed(sub, start=_start(), tol=1e-8))
@@ -966,7 +980,7 @@ def fit_crossed(
     if start is not None:
         x0 = np.asarray(start, dtype=np.float64)
     else:
-        warm = warm_start(d.y, d.kr, d.gr, d.n_kr, d.n_gr, d.X, d.ev_mask, d.ev_value, d.Xe, d.coef)
+        warm = warm_start(d.inputs())
         x0 = _start() if warm is None else warm
 
     nu = d.n_obs + d.n_ev - d.p

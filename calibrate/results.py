@@ -145,12 +145,19 @@ class KRColumns:
         )
 
 
-def _nones(values: npt.NDArray[np.float64]) -> list[float | None]:
-    """Floats, with ``None`` where NaN (never NaN across the boundary)."""
+def _nullable(
+    values: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_]
+) -> list[float | None]:
+    """Floats where ``mask`` holds, ``None`` elsewhere (never NaN across the boundary)."""
     out: list[float | None] = values.tolist()
-    for i in np.flatnonzero(np.isnan(values)).tolist():
+    for i in np.flatnonzero(~mask).tolist():
         out[i] = None
     return out
+
+
+def _nones(values: npt.NDArray[np.float64]) -> list[float | None]:
+    """Floats, with ``None`` where NaN."""
+    return _nullable(values, ~np.isnan(values))
 
 
 class OwnerAchievement(msgspec.Struct, frozen=True, kw_only=True, gc=False):

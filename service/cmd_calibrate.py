@@ -666,9 +666,7 @@ def _float_cells(values: Sequence[float | None]) -> list[str]:
     if not vals:
         return []
     cells = msgspec.json.encode(vals)[1:-1].decode("ascii").split(",")
-    mags = np.abs(np.array(vals, dtype=np.float64))  # None becomes NaN
-    with np.errstate(invalid="ignore"):
-        odd = ~(np.isfinite(mags) & ((mags == 0) | ((mags >= 1e-4) & (mags < 1e16))))
+    odd = _not_as_repr(np.array(vals, dtype=np.float64))  # None becomes NaN
     for i in np.flatnonzero(odd).tolist():
         v = vals[i]
         cells[i] = "" if v is None else repr(v)
@@ -768,20 +766,25 @@ def _array_json_values(column: npt.NDArray[Any]) -> list[Any]:
     out: list[Any] = column.tolist()
     if column.dtype.kind != "f":
         return out
-    mags = np.abs(column)
-    with np.errstate(invalid="ignore"):
-        odd = ~np.isnan(column) & ~((mags == 0) | ((mags >= 1e-4) & (mags < 1e16)))
-    for i in np.flatnonzero(odd).tolist():
+    for i in np.flatnonzero(_not_as_repr(column) & ~np.isnan(column)).tolist():
         out[i] = repr(out[i])
     return out
 
 
+def _not_as_repr(values: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Where msgspec writes a float otherwise than ``repr``: NaN and infinities (as
+    null), and magnitudes below 1e-4 or from 1e16 (``repr`` uses an exponent there)."""
+    mags = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        same: npt.NDArray[np.bool_] = np.isfinite(mags) & (
+            (mags == 0) | ((mags >= 1e-4) & (mags < 1e16))
+        )
+    return ~same
+
+
 def _repr_where_json_differs(column: list[Any]) -> list[Any]:
     """Floats and Nones, with ``repr(v)`` in place of each float msgspec writes otherwise."""
-    arr = np.array(column, dtype=np.float64)  # None becomes NaN
-    mags = np.abs(arr)
-    with np.errstate(invalid="ignore"):
-        odd = np.flatnonzero(~((mags == 0) | ((mags >= 1e-4) & (mags < 1e16))))
+    odd = np.flatnonzero(_not_as_repr(np.array(column, dtype=np.float64)))  # None: NaN
     if odd.shape[0] == column.count(None):
         return column  # the NaNs are all Nones, written as empty cells
     out = column.copy()
